@@ -1,0 +1,32 @@
+"""The Qwen3 model runtime: exact embeddings and reranking scores, no framework imports."""
+
+from __future__ import annotations
+
+if __name__ != "qwen3_rag.core":  # pragma: no cover - only reached through a wrong sys.path
+    raise ImportError("this folder installs as 'qwen3_rag.core'; import it under that name")
+
+from .embedder import Qwen3Embedder
+from .errors import ModelLoadError, NonFiniteOutputError, OutOfMemoryError, Qwen3RagError
+from .prompts import (
+    DEFAULT_EMBEDDING_MODEL,
+    DEFAULT_RERANKER_MODEL,
+    DEFAULT_TASK,
+    format_query,
+    format_rerank_body,
+)
+from .reranker import Qwen3Reranker, RerankResult
+
+__all__ = [
+    "DEFAULT_EMBEDDING_MODEL",
+    "DEFAULT_RERANKER_MODEL",
+    "DEFAULT_TASK",
+    "ModelLoadError",
+    "NonFiniteOutputError",
+    "OutOfMemoryError",
+    "Qwen3Embedder",
+    "Qwen3RagError",
+    "Qwen3Reranker",
+    "RerankResult",
+    "format_query",
+    "format_rerank_body",
+]

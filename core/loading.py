@@ -1,0 +1,283 @@
+"""Safe model loading, device and dtype resolution, and the process-wide model registry."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+
+from .errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+DTypeLike = Union[str, torch.dtype]
+DeviceLike = Union[str, torch.device, None]
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+_VALID_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+# Only these files are fetched from a hub: configs, tokenizer files and safetensors weights. A
+# pickled ``pytorch_model.bin`` is never downloaded, so it can never be loaded either.
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
+
+
+def resolve_device(device: DeviceLike) -> torch.device:
+    """Turn ``None``/"cpu"/"cuda"/"cuda:1"/"mps"/``torch.device`` into a usable device.
+
+    ``None`` picks CUDA, then MPS, then the CPU.
+
+    Raises:
+        ValueError: If the device string is malformed or the device is not available here.
+    """
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = device if isinstance(device, torch.device) else torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device={device!r} is not a valid torch device") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r}: CUDA is not available in this torch build")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r}: MPS is not available on this machine")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device={device!r}: supported devices are cpu, cuda[:N] and mps")
+    return dev
+
+
+def resolve_dtype(dtype: DTypeLike, device: torch.device) -> torch.dtype:
+    """Resolve ``"auto"`` and dtype names for ``device``.
+
+    Auto: bfloat16 on CUDA devices that support it, else float16 (outputs are checked for
+    NaN/inf); float16 on MPS; float32 on the CPU, where half-precision matmuls are far slower.
+
+    Raises:
+        ValueError: For an unknown dtype, or float16 on the CPU.
+    """
+    if isinstance(dtype, torch.dtype):
+        resolved = dtype
+    elif isinstance(dtype, str) and dtype.lower() == "auto":
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "mps":
+            return torch.float16
+        return torch.float32
+    elif isinstance(dtype, str) and dtype.lower() in _DTYPES:
+        resolved = _DTYPES[dtype.lower()]
+    else:
+        raise ValueError(f"dtype={dtype!r} is not supported; use one of {_VALID_DTYPES}")
+    if resolved not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype={dtype!r} is not supported; use one of {_VALID_DTYPES}")
+    if resolved == torch.float16 and device.type == "cpu":
+        raise ValueError(
+            "dtype='float16' on the CPU is many times slower than float32 and prone to overflow; "
+            "use dtype='float32' (or 'auto') on the CPU"
+        )
+    return resolved
+
+
+def resolve_attn_implementation(requested: str | None, device: torch.device) -> str:
+    """Pick the attention kernel: ``flash_attention_2`` on CUDA when installed, else ``sdpa``."""
+    if requested is not None:
+        if requested not in ("sdpa", "eager", "flash_attention_2"):
+            raise ValueError(
+                f"attn_implementation={requested!r}; use 'sdpa', 'eager' or 'flash_attention_2'"
+            )
+        if requested == "flash_attention_2" and device.type != "cuda":
+            raise ValueError("attn_implementation='flash_attention_2' needs a CUDA device")
+        return requested
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def _looks_like_path(model: str) -> bool:
+    return (
+        model.startswith(("/", "./", "../", "~", "\\"))
+        or os.path.isabs(model)
+        or model.count("/") > 1
+        or (os.sep != "/" and os.sep in model)
+    )
+
+
+def resolve_model_dir(
+    model: str | os.PathLike[str],
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    local_files_only: bool = False,
+) -> Path:
+    """Return a local folder holding the model, downloading only safe files from a hub id.
+
+    Args:
+        model: A local folder, or a Hugging Face hub id such as ``"Qwen/Qwen3-Embedding-0.6B"``.
+        revision: Branch, tag or commit of a hub model (pin a commit in production).
+        cache_dir: Hugging Face cache folder.
+        local_files_only: Never touch the network; use the local cache only.
+
+    Raises:
+        ModelLoadError: If the folder does not exist, holds no config or no safetensors weights,
+            or the hub id cannot be resolved. The message names the path or id.
+    """
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"model must be a hub id or a folder path, got {type(model).__name__}")
+    text = os.fspath(model)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        _check_model_dir(path)
+        return path.resolve()
+    if path.exists():
+        raise ModelLoadError(f"model path {text!r} is a file; pass the folder that holds it")
+    if _looks_like_path(text) or not text.strip():
+        raise ModelLoadError(f"model folder {text!r} does not exist")
+    offline = local_files_only or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false")
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(
+            repo_id=text,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=offline,
+            allow_patterns=_HUB_PATTERNS,
+        )
+    except Exception as e:  # huggingface_hub raises many types; all mean "cannot get this model"
+        where = "in the local cache (offline mode)" if offline else "on the hub or in the cache"
+        raise ModelLoadError(
+            f"model {text!r} (revision {revision or 'main'}) was not found {where}: {e}"
+        ) from e
+    _check_model_dir(Path(local))
+    return Path(local)
+
+
+def _check_model_dir(path: Path) -> None:
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"model folder {str(path)!r} has no config.json")
+    if not any(path.glob("*.safetensors")):
+        pickles = sorted(p.name for p in path.glob("*.bin"))
+        hint = (
+            f" It holds only pickle weights ({', '.join(pickles)}), which can run arbitrary code "
+            "when loaded; convert them to safetensors first."
+            if pickles
+            else ""
+        )
+        raise ModelLoadError(f"model folder {str(path)!r} has no .safetensors weights.{hint}")
+    if not (path / "tokenizer.json").is_file():
+        raise ModelLoadError(
+            f"model folder {str(path)!r} has no tokenizer.json (a fast tokenizer is required)"
+        )
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """Weights, tokenizer and the lock that serialises forwards, shared by every user of a model."""
+
+    key: tuple[Any, ...]
+    model: torch.nn.Module
+    device: torch.device
+    dtype: torch.dtype
+    extras: dict[str, Any] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Token budget that last worked after an out-of-memory retry (None: never reduced).
+    reduced_budget: int | None = None
+    __weakref__: Any = field(default=None, init=False, repr=False, compare=False)
+
+
+_registry: weakref.WeakValueDictionary[tuple[Any, ...], LoadedModel] = (
+    weakref.WeakValueDictionary()
+)
+_registry_lock = threading.Lock()
+_key_locks: dict[tuple[Any, ...], threading.Lock] = {}
+
+
+def get_or_load(key: tuple[Any, ...], loader: Callable[[], LoadedModel]) -> LoadedModel:
+    """Return the live model registered under ``key``, loading it once if there is none.
+
+    Concurrent callers with the same key wait for one load; different keys load in parallel.
+    Models are held weakly, so weights are freed when the last embedder/reranker using them goes.
+    """
+    with _registry_lock:
+        found = _registry.get(key)
+        if found is not None:
+            return found
+        key_lock = _key_locks.setdefault(key, threading.Lock())
+    with key_lock:
+        with _registry_lock:
+            found = _registry.get(key)
+        if found is not None:
+            return found
+        loaded = loader()
+        with _registry_lock:
+            _registry[key] = loaded
+        return loaded
+
+
+def from_pretrained_kwargs(dtype: torch.dtype, attn_implementation: str) -> dict[str, Any]:
+    """Keyword arguments for ``from_pretrained`` that keep loading safe and offline."""
+    import transformers
+
+    major = int(transformers.__version__.split(".")[0])
+    minor = int(transformers.__version__.split(".")[1])
+    # transformers 4.56 renamed torch_dtype to dtype.
+    dtype_key = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+    return {
+        dtype_key: dtype,
+        "attn_implementation": attn_implementation,
+        "trust_remote_code": False,
+        "use_safetensors": True,
+        "local_files_only": True,
+    }
+
+
+def check_qwen3_config(path: Path) -> Any:
+    """Load the config and require a Qwen3 architecture (transformers >= 4.51)."""
+    try:
+        from transformers import AutoConfig, Qwen3Config  # noqa: F401
+    except ImportError as e:
+        raise ImportError(
+            "Qwen3 models need transformers>=4.51: pip install -U 'transformers>=4.51'"
+        ) from e
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False, local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelLoadError(f"cannot read the config of {str(path)!r}: {e}") from e
+    if getattr(config, "model_type", None) != "qwen3":
+        raise ModelLoadError(
+            f"{str(path)!r} is a {getattr(config, 'model_type', 'unknown')!r} model; "
+            "this library runs Qwen3-Embedding and Qwen3-Reranker (model_type 'qwen3')"
+        )
+    return config
+
+
+def load_tokenizer_backend(path: Path) -> Any:
+    """Load ``tokenizer.json`` as a ``tokenizers.Tokenizer``."""
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(str(path / "tokenizer.json"))
+    except Exception as e:  # tokenizers raises a bare Exception on malformed files
+        raise ModelLoadError(f"cannot read {str(path / 'tokenizer.json')!r}: {e}") from e

@@ -1,0 +1,317 @@
+"""Qwen3-Reranker: the official chat template, a float32 yes/no head, shared-prefix reuse."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .errors import ModelLoadError
+from .loading import DeviceLike, DTypeLike, LoadedModel, from_pretrained_kwargs
+from .pooling import yes_no_score
+from .prompts import (
+    DEFAULT_RERANKER_MODEL,
+    DEFAULT_TASK,
+    RERANK_NO,
+    RERANK_PREFIX,
+    RERANK_SUFFIX,
+    RERANK_YES,
+    format_rerank_body,
+)
+from .runtime import Qwen3Runtime, check_instruction, check_positive_int, check_texts
+from .tokenization import SafeTokenizer
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    """One reranked document.
+
+    Attributes:
+        index: Position of the document in the input list.
+        score: P("yes"), in [0, 1].
+        document: The document text.
+    """
+
+    index: int
+    score: float
+    document: str
+
+
+class Qwen3Reranker(Qwen3Runtime):
+    """Qwen3-Reranker, scoring exactly as the model card, without its vocabulary-sized logits.
+
+    Each pair is ``prefix + "<Instruct>: …\\n<Query>: …\\n<Document>: …" + suffix``; the score is
+    ``sigmoid(h · (W_yes − W_no))`` in float32 with ``h`` the final hidden state of the last
+    token, which equals the card's softmax over the "yes"/"no" logits. Only the body is cut to
+    fit ``max_length``; prefix and suffix always stay whole.
+
+    The system prompt, instruction and query are the same for every document of a call, so their
+    key/value cache is computed once and only each document and the suffix run per pair
+    (``share_prefix=False`` runs whole pairs). The ids fed to the model are the official ones
+    either way.
+
+    Args:
+        model: Hub id or local folder of a Qwen3-Reranker checkpoint (safetensors).
+        device: "cpu", "cuda", "cuda:1", "mps", a ``torch.device``, or None for the best one.
+        dtype: "auto" (bfloat16 on CUDA, float32 on CPU), "float32", "bfloat16", "float16", or a
+            ``torch.dtype``.
+        max_length: Tokens per pair, template included.
+        instruction: Default instruction; ``""`` leaves the ``<Instruct>:`` line empty.
+        revision: Hub revision (pin a commit in production).
+        cache_dir: Hugging Face cache folder.
+        local_files_only: Never use the network.
+        attn_implementation: "sdpa", "eager" or "flash_attention_2"; None picks FA2 on CUDA
+            when installed, else SDPA.
+        batch_tokens: Padded tokens per forward; None picks a device default.
+        max_batch_size: Most pairs per forward.
+        max_chars: Characters kept per pair body before tokenizing (None: ``64 * max_length``).
+        show_progress: Show a progress bar; None shows one for long jobs only.
+        share_prefix: Reuse the shared prefix's key/value cache across documents.
+        trust_remote_code: Refused when True; present only to say so clearly.
+
+    Raises:
+        ModelLoadError: If the model cannot be found, is not a safe Qwen3 checkpoint, or its
+            tokenizer has no single "yes"/"no" tokens.
+        ValueError: For an invalid option (the message names it).
+
+    Example:
+        >>> rr = Qwen3Reranker("Qwen/Qwen3-Reranker-0.6B")  # doctest: +SKIP
+        >>> rr.rerank("capital of China?", ["Beijing is the capital.", "Gravity."])[0].index
+        0
+    """
+
+    _kind = "reranker"
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] = DEFAULT_RERANKER_MODEL,
+        *,
+        device: DeviceLike = None,
+        dtype: DTypeLike = "auto",
+        max_length: int = 8192,
+        instruction: str = DEFAULT_TASK,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        local_files_only: bool = False,
+        attn_implementation: str | None = None,
+        batch_tokens: int | None = None,
+        max_batch_size: int = 64,
+        max_chars: int | None = None,
+        show_progress: bool | None = None,
+        share_prefix: bool = True,
+        trust_remote_code: bool = False,
+    ) -> None:
+        self.instruction = check_instruction(instruction)
+        self.share_prefix = bool(share_prefix)
+        super().__init__(
+            model,
+            device=device,
+            dtype=dtype,
+            max_length=max_length,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            attn_implementation=attn_implementation,
+            batch_tokens=batch_tokens,
+            max_batch_size=max_batch_size,
+            max_chars=max_chars,
+            show_progress=show_progress,
+            trust_remote_code=trust_remote_code,
+        )
+        fixed = len(self._prefix_ids) + len(self._suffix_ids)
+        if self.max_length <= fixed:
+            raise ValueError(
+                f"max_length={self.max_length} leaves no room for the query and document: the "
+                f"reranker template alone takes {fixed} tokens"
+            )
+
+    def _build(self, key: tuple[Any, ...], config: Any, tokenizer: SafeTokenizer) -> LoadedModel:
+        from transformers import AutoModelForCausalLM
+
+        yes_id, no_id = tokenizer.token_id(RERANK_YES), tokenizer.token_id(RERANK_NO)
+        for word, token_id in ((RERANK_YES, yes_id), (RERANK_NO, no_id)):
+            if tokenizer.encode_plain([word])[0] != [token_id]:
+                raise ModelLoadError(
+                    f"{str(self.model_dir)!r}: {word!r} is not a single token in this tokenizer, "
+                    "so the yes/no score is undefined; is this a Qwen3-Reranker checkpoint?"
+                )
+        causal = AutoModelForCausalLM.from_pretrained(
+            self.model_dir, **from_pretrained_kwargs(self.dtype, self.attn_implementation)
+        )
+        weight = causal.get_output_embeddings().weight
+        # One float32 row replaces the 151,669-row LM head; built from the checkpoint's own
+        # precision so the difference is not rounded a second time.
+        head = (weight[yes_id].float() - weight[no_id].float()).detach().to(self.device)
+        backbone = causal.get_decoder()
+        del causal, weight  # an untied LM head (8B) is freed here
+        backbone.to(self.device).eval()
+        backbone.requires_grad_(False)
+        return LoadedModel(
+            key=key,
+            model=backbone,
+            device=self.device,
+            dtype=self.dtype,
+            extras={
+                "tokenizer": tokenizer,
+                "head": head,
+                "pad_id": tokenizer.token_id("<|endoftext|>"),
+                "prefix_ids": tokenizer.encode_template(RERANK_PREFIX),
+                "suffix_ids": tokenizer.encode_template(RERANK_SUFFIX),
+                "hidden_size": int(config.hidden_size),
+            },
+        )
+
+    @property
+    def _prefix_ids(self) -> list[int]:
+        ids: list[int] = self._loaded.extras["prefix_ids"]
+        return ids
+
+    @property
+    def _suffix_ids(self) -> list[int]:
+        ids: list[int] = self._loaded.extras["suffix_ids"]
+        return ids
+
+    # -- public API ------------------------------------------------------------------------
+    def score(
+        self, query: str, documents: list[str], instruction: str | None = None
+    ) -> list[float]:
+        """Relevance of each document to ``query``, in input order.
+
+        Args:
+            query: The query.
+            documents: Texts to score.
+            instruction: Instruction for this call; None uses the reranker's default.
+
+        Returns:
+            P("yes") for each document, floats in [0, 1].
+
+        Raises:
+            TypeError: If ``query`` or ``instruction`` is not a string, or ``documents`` is not
+                a list of strings.
+        """
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a str, got {type(query).__name__}")
+        docs = check_texts(documents, "documents")
+        task = self.instruction if instruction is None else check_instruction(instruction)
+        if not docs:
+            return []
+        seqs, truncated = self._tokenize(query, docs, task)
+        self._warn_truncated(truncated, len(docs))
+        shared = _common_prefix_len(seqs) if self.share_prefix else 0
+        cache = self._prefix_cache(seqs[0][:shared]) if shared else None
+        scores = self._run_batched(
+            [len(s) - shared for s in seqs],
+            lambda batch: self._forward(seqs, shared, cache, batch),
+            "rerank",
+        )
+        return [float(s) for s in scores]
+
+    def rerank(
+        self,
+        query: str,
+        documents: list[str],
+        top_n: int | None = None,
+        instruction: str | None = None,
+    ) -> list[RerankResult]:
+        """Documents sorted by relevance, best first; ties keep input order.
+
+        Args:
+            query: The query.
+            documents: Texts to rank.
+            top_n: Keep this many results; None keeps all.
+            instruction: Instruction for this call; None uses the reranker's default.
+
+        Returns:
+            :class:`RerankResult` items with ``index``, ``score`` and ``document``.
+
+        Raises:
+            ValueError: If ``top_n`` is not a positive int or None.
+            TypeError: As :meth:`score`.
+        """
+        if top_n is not None:
+            check_positive_int(top_n, "top_n")
+        scores = self.score(query, documents, instruction)
+        order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+        return [RerankResult(i, scores[i], documents[i]) for i in order[:top_n]]
+
+    def encode_ids(self, query: str, documents: list[str], instruction: str | None = None) -> list[list[int]]:
+        """The exact token ids the model sees for each (query, document) pair."""
+        task = self.instruction if instruction is None else check_instruction(instruction)
+        return self._tokenize(query, check_texts(documents, "documents"), task)[0]
+
+    # -- internals -------------------------------------------------------------------------
+    def _tokenize(self, query: str, docs: list[str], task: str) -> tuple[list[list[int]], int]:
+        bodies, capped = self._cap_chars([format_rerank_body(query, d, task) for d in docs])
+        # The body is user text: encoded with no added tokens, so "<|im_end|>" in a document
+        # stays text and cannot close the user turn. Only the template owns control tokens.
+        ids = self.tokenizer.encode_plain(bodies)
+        prefix, suffix = self._prefix_ids, self._suffix_ids
+        room = self.max_length - len(prefix) - len(suffix)
+        truncated = sum(1 for i, row in enumerate(ids) if len(row) > room or i in capped)
+        return [prefix + row[:room] + suffix for row in ids], truncated
+
+    def _prefix_cache(self, ids: list[int]) -> Any:
+        tensor = torch.tensor([ids], dtype=torch.long, device=self.device)
+        with self._lock, torch.inference_mode():
+            out = self._loaded.model(input_ids=tensor, use_cache=True)
+        return out.past_key_values
+
+    def _forward(
+        self, seqs: list[list[int]], shared: int, cache: Any, batch: list[int]
+    ) -> list[float]:
+        rows = [seqs[i][shared:] for i in batch]
+        input_ids, mask = self._left_pad(rows)
+        model = self._loaded.model
+        with self._lock, torch.inference_mode():
+            if cache is None:
+                attn = None if bool(mask.all()) else mask
+                out = model(input_ids=input_ids, attention_mask=attn, use_cache=False)
+            else:
+                # Rows continue the cached prefix: positions count on from it, and the prefix
+                # is visible to every row (ones in the mask), the row's own padding is not.
+                positions = (shared + mask.cumsum(dim=1) - 1).clamp(min=shared)
+                full_mask = torch.cat(
+                    [mask.new_ones((len(rows), shared)), mask], dim=1
+                )
+                out = model(
+                    input_ids=input_ids,
+                    attention_mask=full_mask,
+                    position_ids=positions,
+                    past_key_values=_expand_cache(cache, len(rows)),
+                    use_cache=True,
+                )
+            # Left padding: the last position is each row's final real token.
+            hidden = out.last_hidden_state[:, -1].float()
+            scores = yes_no_score(hidden, self._loaded.extras["head"])
+        self._check_finite(scores, "scores")
+        return scores.cpu().tolist()
+
+
+def _common_prefix_len(seqs: list[list[int]]) -> int:
+    """Length of the longest shared token prefix, leaving every sequence at least one token."""
+    first = seqs[0]
+    limit = min(len(s) for s in seqs) - 1
+    n = 0
+    while n < limit and all(s[n] == first[n] for s in seqs):
+        n += 1
+    return n
+
+
+def _expand_cache(cache: Any, rows: int) -> Any:
+    """A fresh cache holding the prefix's keys/values broadcast to ``rows`` rows.
+
+    ``expand`` makes views, not copies; the forward concatenates new keys onto them, so the
+    shared prefix cache itself is never modified and serves every batch.
+    """
+    from transformers import DynamicCache
+
+    if hasattr(cache, "layers"):
+        pairs = [(layer.keys, layer.values) for layer in cache.layers]
+    else:  # transformers < 4.56 kept parallel lists
+        pairs = list(zip(cache.key_cache, cache.value_cache))
+    fresh = DynamicCache()
+    for i, (k, v) in enumerate(pairs):
+        fresh.update(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1), i)
+    return fresh

@@ -1,0 +1,256 @@
+"""What the embedder and the reranker share: options, loading, input checks, the batch loop."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .batching import plan_batches, run_with_oom_backoff
+from .errors import NonFiniteOutputError
+from .loading import (
+    DeviceLike,
+    DTypeLike,
+    LoadedModel,
+    check_qwen3_config,
+    get_or_load,
+    load_tokenizer_backend,
+    resolve_attn_implementation,
+    resolve_device,
+    resolve_dtype,
+    resolve_model_dir,
+)
+from .tokenization import SafeTokenizer
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Characters kept per allowed token before tokenizing. A token covers a few characters on
+#: average and rarely more than a few dozen, so this cap never changes what ``max_length``
+#: tokens would keep, yet bounds the work a multi-megabyte string can cause.
+CHARS_PER_TOKEN_CAP = 64
+#: Progress bars appear by themselves from this many batches on (``show_progress=None``).
+AUTO_PROGRESS_MIN_BATCHES = 8
+
+
+def check_texts(texts: object, name: str) -> list[str]:
+    """Require a list (or tuple) of strings; name the first bad item's index and type.
+
+    Raises:
+        TypeError: For a bare string, ``None``, a non-sequence, or a non-string item.
+    """
+    if isinstance(texts, (str, bytes)):
+        raise TypeError(
+            f"{name} must be a list of strings, got a single {type(texts).__name__}; "
+            f"wrap it in a list: [{name[:-1] if name.endswith('s') else name}]"
+        )
+    if not isinstance(texts, Sequence):
+        raise TypeError(f"{name} must be a list of strings, got {type(texts).__name__}")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"{name}[{i}] must be a str, got {type(text).__name__}")
+    return list(texts)
+
+
+def check_instruction(instruction: object, name: str = "instruction") -> str:
+    """Require a string instruction (``""`` is allowed and means none)."""
+    if not isinstance(instruction, str):
+        raise TypeError(f"{name} must be a str, got {type(instruction).__name__}")
+    return instruction
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """Require a positive ``int`` (``bool`` is refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+class Qwen3Runtime:
+    """Base class: loads a Qwen3 checkpoint once per process and runs token-budget batches.
+
+    Subclasses set ``_kind`` and implement ``_build``, which turns the loaded config, weights and
+    tokenizer into a :class:`LoadedModel`.
+    """
+
+    _kind = "base"
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        *,
+        device: DeviceLike,
+        dtype: DTypeLike,
+        max_length: int,
+        revision: str | None,
+        cache_dir: str | os.PathLike[str] | None,
+        local_files_only: bool,
+        attn_implementation: str | None,
+        batch_tokens: int | None,
+        max_batch_size: int,
+        max_chars: int | None,
+        show_progress: bool | None,
+        trust_remote_code: bool,
+    ) -> None:
+        if trust_remote_code:
+            raise ValueError(
+                "trust_remote_code=True is refused: Qwen3 is native in transformers, and remote "
+                "code would run arbitrary Python from the model repository"
+            )
+        self.max_length = check_positive_int(max_length, "max_length")
+        self.max_batch_size = check_positive_int(max_batch_size, "max_batch_size")
+        if batch_tokens is not None:
+            check_positive_int(batch_tokens, "batch_tokens")
+        self.max_chars = (
+            check_positive_int(max_chars, "max_chars")
+            if max_chars is not None
+            else CHARS_PER_TOKEN_CAP * self.max_length
+        )
+        if show_progress is not None and not isinstance(show_progress, bool):
+            raise TypeError(f"show_progress must be True, False or None, got {show_progress!r}")
+        self.show_progress = show_progress
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.attn_implementation = resolve_attn_implementation(attn_implementation, self.device)
+        self.revision = revision
+        self.model_dir: Path = resolve_model_dir(
+            model, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
+        )
+        self.model_name = os.fspath(model)
+        # GPUs want large batches to fill their tensor cores; on CPUs large padded batches only
+        # add attention work, and throughput is flat from a few thousand tokens on.
+        self._batch_tokens = batch_tokens or (16384 if self.device.type != "cpu" else 4096)
+        key = (
+            self._kind,
+            str(self.model_dir),
+            revision,
+            str(self.device),
+            str(self.dtype),
+            self.attn_implementation,
+        )
+        self._loaded: LoadedModel = get_or_load(key, lambda: self._load(key))
+
+    # -- loading ---------------------------------------------------------------------------
+    def _load(self, key: tuple[Any, ...]) -> LoadedModel:
+        config = check_qwen3_config(self.model_dir)
+        tokenizer = SafeTokenizer.from_backend(load_tokenizer_backend(self.model_dir))
+        logger.info(
+            "loading %s from %s on %s (%s, %s)",
+            self._kind,
+            self.model_dir,
+            self.device,
+            self.dtype,
+            self.attn_implementation,
+        )
+        return self._build(key, config, tokenizer)
+
+    def _build(self, key: tuple[Any, ...], config: Any, tokenizer: SafeTokenizer) -> LoadedModel:
+        raise NotImplementedError
+
+    @property
+    def tokenizer(self) -> SafeTokenizer:
+        """The tokenizer pair this model uses (shared, read-only)."""
+        tok: SafeTokenizer = self._loaded.extras["tokenizer"]
+        return tok
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the model's hidden state (1024, 2560 or 4096 for the official sizes)."""
+        return int(self._loaded.extras["hidden_size"])
+
+    @property
+    def batch_tokens(self) -> int:
+        """Padded tokens per forward; lowered for good after an out-of-memory retry."""
+        reduced = self._loaded.reduced_budget
+        return min(self._batch_tokens, reduced) if reduced else self._batch_tokens
+
+    # -- the batch loop --------------------------------------------------------------------
+    def _cap_chars(self, texts: list[str]) -> tuple[list[str], set[int]]:
+        capped = {i for i, t in enumerate(texts) if len(t) > self.max_chars}
+        if not capped:
+            return texts, capped
+        return [t[: self.max_chars] if i in capped else t for i, t in enumerate(texts)], capped
+
+    def _warn_truncated(self, count: int, total: int) -> None:
+        if count:
+            logger.warning(
+                "%d of %d inputs were longer than max_length=%d tokens and were truncated",
+                count,
+                total,
+                self.max_length,
+            )
+
+    def _run_batched(
+        self,
+        lengths: Sequence[int],
+        run: Callable[[list[int]], list[T]],
+        desc: str,
+    ) -> list[T]:
+        """Run ``run`` over token-budget batches and return results in input order."""
+        batches = plan_batches(lengths, self.batch_tokens, self.max_batch_size)
+        show = (
+            self.show_progress
+            if self.show_progress is not None
+            else len(batches) >= AUTO_PROGRESS_MIN_BATCHES
+        )
+        results: list[T | None] = [None] * len(lengths)
+        loaded = self._loaded
+
+        def remember(rows: int) -> None:
+            longest = max(lengths[i] for i in batch)
+            loaded.reduced_budget = max(1, rows * longest)
+
+        advice = (
+            f"Lower max_length (now {self.max_length}), use dtype='bfloat16', "
+            "or free accelerator memory."
+        )
+        with tqdm(total=len(lengths), desc=desc, unit="text", disable=not show) as bar:
+            for batch in batches:
+                for i, out in zip(batch, run_with_oom_backoff(batch, run, remember, advice)):
+                    results[i] = out
+                bar.update(len(batch))
+        return results  # type: ignore[return-value]
+
+    def _check_finite(self, values: torch.Tensor, what: str) -> None:
+        if not bool(torch.isfinite(values).all()):
+            hint = (
+                " float16 overflows on some inputs for Qwen3 models; use dtype='bfloat16' or "
+                "'float32'."
+                if self.dtype == torch.float16
+                else " Check the checkpoint's weights."
+            )
+            raise NonFiniteOutputError(
+                f"the model produced NaN or infinite {what} (dtype {str(self.dtype)[6:]}).{hint}"
+            )
+
+    def _left_pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-pad id lists into ``input_ids`` and ``attention_mask`` on the model's device."""
+        width = max(len(r) for r in rows)
+        ids = np.full((len(rows), width), self._loaded.extras["pad_id"], dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for r, row in enumerate(rows):
+            if row:
+                ids[r, width - len(row) :] = row
+                mask[r, width - len(row) :] = 1
+        return (
+            torch.from_numpy(ids).to(self.device, non_blocking=True),
+            torch.from_numpy(mask).to(self.device, non_blocking=True),
+        )
+
+    @property
+    def _lock(self) -> threading.Lock:
+        return self._loaded.lock
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(model={self.model_name!r}, device={str(self.device)!r}, "
+            f"dtype={str(self.dtype)[6:]!r}, max_length={self.max_length})"
+        )

@@ -1,0 +1,71 @@
+"""Tokenization that never lets user text become control tokens.
+
+Hugging Face tokenizers match added tokens (``<|im_end|>``, ``<|endoftext|>``, ``<think>``...) inside
+any text they encode, and ``split_special_tokens`` only covers the ones flagged ``special``
+(Qwen's ``<think>`` is not). A document could therefore close the reranker's user turn and forge
+the answer, or plant an ``<|endoftext|>`` in an embedding input. :class:`SafeTokenizer` encodes user
+text with a copy of the tokenizer that has *no* added tokens and no post-processor, so such strings
+become ordinary byte-level tokens; only the runtime adds control tokens, by id. For text without
+those strings the ids are exactly what the original tokenizer produces.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tokenizers import Tokenizer
+
+from .errors import ModelLoadError
+
+
+@dataclass(frozen=True)
+class SafeTokenizer:
+    """A pair of tokenizers: ``plain`` for user text, ``template`` for the runtime's own strings.
+
+    Attributes:
+        plain: No added tokens, no post-processor, no truncation or padding. Read-only after
+            construction, so concurrent ``encode_batch`` calls never hit "Already borrowed".
+        template: The model's own tokenizer (a private copy), used only for template strings and
+            to resolve token ids.
+    """
+
+    plain: Tokenizer
+    template: Tokenizer
+
+    @classmethod
+    def from_backend(cls, backend: Tokenizer) -> SafeTokenizer:
+        """Build from a ``tokenizers.Tokenizer`` (e.g. ``PreTrainedTokenizerFast.backend_tokenizer``)."""
+        spec = json.loads(backend.to_str())
+        template = Tokenizer.from_str(json.dumps(spec))
+        template.no_truncation()
+        template.no_padding()
+        spec["added_tokens"] = []
+        spec["post_processor"] = None
+        spec["truncation"] = None
+        spec["padding"] = None
+        return cls(plain=Tokenizer.from_str(json.dumps(spec)), template=template)
+
+    def encode_plain(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of user texts, with every added-token string treated as ordinary text."""
+        if not texts:
+            return []
+        return [enc.ids for enc in self.plain.encode_batch(list(texts), add_special_tokens=False)]
+
+    def encode_template(self, text: str) -> list[int]:
+        """Token ids of a runtime-owned template string; its control tokens are parsed."""
+        return list(self.template.encode(text, add_special_tokens=False).ids)
+
+    def token_id(self, token: str) -> int:
+        """The id of ``token`` as one vocabulary entry.
+
+        Raises:
+            ModelLoadError: If the tokenizer has no single token for ``token``.
+        """
+        token_id = self.template.token_to_id(token)
+        if token_id is None:
+            raise ModelLoadError(
+                f"the tokenizer has no single token for {token!r}; is this a Qwen3 tokenizer?"
+            )
+        return int(token_id)
