@@ -79,7 +79,9 @@ def run_with_oom_backoff(
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     if len(batch) == 1:
-        raise OutOfMemoryError(f"out of accelerator memory on a single input ({error_text}). {advice}")
+        raise OutOfMemoryError(
+            f"out of accelerator memory on a single input ({error_text}). {advice}"
+        )
     half = (len(batch) + 1) // 2
     on_reduce(half)
     logger.warning("out of memory on a batch of %d inputs; retrying in halves", len(batch))

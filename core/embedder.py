@@ -16,7 +16,7 @@ from .tokenization import SafeTokenizer
 
 
 class Qwen3Embedder(Qwen3Runtime):
-    """Qwen3-Embedding, producing exactly the model card's vectors.
+    r"""Qwen3-Embedding, producing exactly the model card's vectors.
 
     Queries become ``"Instruct: {task}\\nQuery:{query}"``; documents are embedded as they are.
     Every input ends in one ``<|endoftext|>`` whose last-layer hidden state, cut to
@@ -81,7 +81,9 @@ class Qwen3Embedder(Qwen3Runtime):
         ):
             raise ValueError(f"dimensions must be an int or None, got {dimensions!r}")
         if isinstance(max_length, int) and not isinstance(max_length, bool) and max_length < 2:
-            raise ValueError(f"max_length must be at least 2 (text + <|endoftext|>), got {max_length}")
+            raise ValueError(
+                f"max_length must be at least 2 (text + <|endoftext|>), got {max_length}"
+            )
         super().__init__(
             model,
             device=device,
@@ -185,7 +187,7 @@ class Qwen3Embedder(Qwen3Runtime):
         eos = self._loaded.extras["eos_id"]
         keep = self.max_length - 1
         truncated = sum(1 for i, row in enumerate(ids) if len(row) > keep or i in capped)
-        return [row[:keep] + [eos] for row in ids], truncated
+        return [[*row[:keep], eos] for row in ids], truncated
 
     def _forward(self, ids: list[list[int]], batch: list[int]) -> list[torch.Tensor]:
         input_ids, mask = self._left_pad([ids[i] for i in batch])

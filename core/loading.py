@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -10,16 +11,17 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 
 from .errors import ModelLoadError
+from .tokenization import SafeTokenizer
 
 logger = logging.getLogger(__name__)
 
-DTypeLike = Union[str, torch.dtype]
-DeviceLike = Union[str, torch.device, None]
+DTypeLike = str | torch.dtype
+DeviceLike = str | torch.device | None
 
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -207,9 +209,7 @@ class LoadedModel:
     __weakref__: Any = field(default=None, init=False, repr=False, compare=False)
 
 
-_registry: weakref.WeakValueDictionary[tuple[Any, ...], LoadedModel] = (
-    weakref.WeakValueDictionary()
-)
+_registry: weakref.WeakValueDictionary[tuple[Any, ...], LoadedModel] = weakref.WeakValueDictionary()
 _registry_lock = threading.Lock()
 _key_locks: dict[tuple[Any, ...], threading.Lock] = {}
 
@@ -273,11 +273,13 @@ def check_qwen3_config(path: Path) -> Any:
     return config
 
 
-def load_tokenizer_backend(path: Path) -> Any:
-    """Load ``tokenizer.json`` as a ``tokenizers.Tokenizer``."""
-    from tokenizers import Tokenizer
+@functools.lru_cache(maxsize=8)
+def _load_tokenizer(path: str, mtime_ns: int, size: int) -> SafeTokenizer:
+    return SafeTokenizer.from_file(path)
 
-    try:
-        return Tokenizer.from_file(str(path / "tokenizer.json"))
-    except Exception as e:  # tokenizers raises a bare Exception on malformed files
-        raise ModelLoadError(f"cannot read {str(path / 'tokenizer.json')!r}: {e}") from e
+
+def load_tokenizer(model_dir: Path) -> SafeTokenizer:
+    """The model's :class:`SafeTokenizer`, cached per file version (tokenizers are read-only)."""
+    file = model_dir / "tokenizer.json"
+    stat = file.stat()
+    return _load_tokenizer(str(file), stat.st_mtime_ns, stat.st_size)

@@ -1,4 +1,4 @@
-"""The official Qwen3 prompt formats and model defaults: the one place each of these facts lives.
+r"""The official Qwen3 prompt formats and model defaults: the one place each of these facts lives.
 
 Everything here follows the model cards' transformers code (Qwen/Qwen3-Embedding-*,
 Qwen/Qwen3-Reranker-*). Where the official sources disagree (the vLLM reranker example joins the
@@ -36,7 +36,7 @@ RERANK_NO = "no"
 
 
 def format_query(query: str, task: str) -> str:
-    """Build the embedding input for a query.
+    r"""Build the embedding input for a query.
 
     Args:
         query: The user's query, passed through unchanged.
@@ -57,7 +57,7 @@ def format_query(query: str, task: str) -> str:
 
 
 def format_rerank_body(query: str, document: str, instruction: str) -> str:
-    """Build the user-turn body that sits between :data:`RERANK_PREFIX` and :data:`RERANK_SUFFIX`.
+    r"""Build the user-turn body that sits between :data:`RERANK_PREFIX` and :data:`RERANK_SUFFIX`.
 
     Only this part is ever truncated; the prefix and suffix are kept whole.
 

@@ -40,7 +40,7 @@ class RerankResult:
 
 
 class Qwen3Reranker(Qwen3Runtime):
-    """Qwen3-Reranker, scoring exactly as the model card, without its vocabulary-sized logits.
+    r"""Qwen3-Reranker, scoring exactly as the model card, without its vocabulary-sized logits.
 
     Each pair is ``prefix + "<Instruct>: …\\n<Query>: …\\n<Document>: …" + suffix``; the score is
     ``sigmoid(h · (W_yes − W_no))`` in float32 with ``h`` the final hidden state of the last
@@ -236,7 +236,9 @@ class Qwen3Reranker(Qwen3Runtime):
         order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
         return [RerankResult(i, scores[i], documents[i]) for i in order[:top_n]]
 
-    def encode_ids(self, query: str, documents: list[str], instruction: str | None = None) -> list[list[int]]:
+    def encode_ids(
+        self, query: str, documents: list[str], instruction: str | None = None
+    ) -> list[list[int]]:
         """The exact token ids the model sees for each (query, document) pair."""
         task = self.instruction if instruction is None else check_instruction(instruction)
         return self._tokenize(query, check_texts(documents, "documents"), task)[0]
@@ -272,9 +274,7 @@ class Qwen3Reranker(Qwen3Runtime):
                 # Rows continue the cached prefix: positions count on from it, and the prefix
                 # is visible to every row (ones in the mask), the row's own padding is not.
                 positions = (shared + mask.cumsum(dim=1) - 1).clamp(min=shared)
-                full_mask = torch.cat(
-                    [mask.new_ones((len(rows), shared)), mask], dim=1
-                )
+                full_mask = torch.cat([mask.new_ones((len(rows), shared)), mask], dim=1)
                 out = model(
                     input_ids=input_ids,
                     attention_mask=full_mask,
@@ -310,7 +310,7 @@ def _expand_cache(cache: Any, rows: int) -> Any:
     if hasattr(cache, "layers"):
         pairs = [(layer.keys, layer.values) for layer in cache.layers]
     else:  # transformers < 4.56 kept parallel lists
-        pairs = list(zip(cache.key_cache, cache.value_cache))
+        pairs = list(zip(cache.key_cache, cache.value_cache, strict=False))
     fresh = DynamicCache()
     for i, (k, v) in enumerate(pairs):
         fresh.update(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1), i)

@@ -21,7 +21,7 @@ from .loading import (
     LoadedModel,
     check_qwen3_config,
     get_or_load,
-    load_tokenizer_backend,
+    load_tokenizer,
     resolve_attn_implementation,
     resolve_device,
     resolve_dtype,
@@ -141,7 +141,7 @@ class Qwen3Runtime:
     # -- loading ---------------------------------------------------------------------------
     def _load(self, key: tuple[Any, ...]) -> LoadedModel:
         config = check_qwen3_config(self.model_dir)
-        tokenizer = SafeTokenizer.from_backend(load_tokenizer_backend(self.model_dir))
+        tokenizer = load_tokenizer(self.model_dir)
         logger.info(
             "loading %s from %s on %s (%s, %s)",
             self._kind,
@@ -205,8 +205,11 @@ class Qwen3Runtime:
         loaded = self._loaded
 
         def remember(rows: int) -> None:
+            # Batches are sorted longest first, so ``rows`` rows of the longest input bound
+            # the half that is retried next; that many padded tokens becomes the budget.
             longest = max(lengths[i] for i in batch)
-            loaded.reduced_budget = max(1, rows * longest)
+            budget = max(1, rows * longest)
+            loaded.reduced_budget = min(loaded.reduced_budget or budget, budget)
 
         advice = (
             f"Lower max_length (now {self.max_length}), use dtype='bfloat16', "
@@ -214,7 +217,9 @@ class Qwen3Runtime:
         )
         with tqdm(total=len(lengths), desc=desc, unit="text", disable=not show) as bar:
             for batch in batches:
-                for i, out in zip(batch, run_with_oom_backoff(batch, run, remember, advice)):
+                for i, out in zip(
+                    batch, run_with_oom_backoff(batch, run, remember, advice), strict=False
+                ):
                     results[i] = out
                 bar.update(len(batch))
         return results  # type: ignore[return-value]

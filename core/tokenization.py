@@ -1,17 +1,18 @@
 """Tokenization that never lets user text become control tokens.
 
-Hugging Face tokenizers match added tokens (``<|im_end|>``, ``<|endoftext|>``, ``<think>``...) inside
-any text they encode, and ``split_special_tokens`` only covers the ones flagged ``special``
+Hugging Face tokenizers match added tokens (``<|im_end|>``, ``<|endoftext|>``, ``<think>``...)
+inside any text they encode, and ``split_special_tokens`` only covers the ones flagged ``special``
 (Qwen's ``<think>`` is not). A document could therefore close the reranker's user turn and forge
 the answer, or plant an ``<|endoftext|>`` in an embedding input. :class:`SafeTokenizer` encodes user
 text with a copy of the tokenizer that has *no* added tokens and no post-processor, so such strings
-become ordinary byte-level tokens; only the runtime adds control tokens, by id. For text without
-those strings the ids are exactly what the original tokenizer produces.
+become ordinary byte-level tokens; only the runtime adds control tokens, by id. For text
+without those strings the ids are exactly what the original tokenizer produces.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,17 +36,26 @@ class SafeTokenizer:
     template: Tokenizer
 
     @classmethod
-    def from_backend(cls, backend: Tokenizer) -> SafeTokenizer:
-        """Build from a ``tokenizers.Tokenizer`` (e.g. ``PreTrainedTokenizerFast.backend_tokenizer``)."""
-        spec = json.loads(backend.to_str())
-        template = Tokenizer.from_str(json.dumps(spec))
+    def from_file(cls, path: str | os.PathLike[str]) -> SafeTokenizer:
+        """Build from a ``tokenizer.json`` file.
+
+        Raises:
+            ModelLoadError: If the file cannot be read as a tokenizer.
+        """
+        try:
+            with open(path, encoding="utf-8") as f:
+                spec = json.load(f)
+            template = Tokenizer.from_file(os.fspath(path))
+            spec["added_tokens"] = []
+            spec["post_processor"] = None
+            spec["truncation"] = None
+            spec["padding"] = None
+            plain = Tokenizer.from_str(json.dumps(spec))
+        except Exception as e:  # tokenizers raises a bare Exception on malformed files
+            raise ModelLoadError(f"cannot read the tokenizer {os.fspath(path)!r}: {e}") from e
         template.no_truncation()
         template.no_padding()
-        spec["added_tokens"] = []
-        spec["post_processor"] = None
-        spec["truncation"] = None
-        spec["padding"] = None
-        return cls(plain=Tokenizer.from_str(json.dumps(spec)), template=template)
+        return cls(plain=plain, template=template)
 
     def encode_plain(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of user texts, with every added-token string treated as ordinary text."""

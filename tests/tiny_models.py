@@ -68,7 +68,11 @@ def write_tokenizer(path: Path, *, eos_postprocessor: bool) -> None:
                 {"SpecialToken": {"id": "<|endoftext|>", "type_id": 1}},
             ],
             "special_tokens": {
-                "<|endoftext|>": {"id": "<|endoftext|>", "ids": [151643], "tokens": ["<|endoftext|>"]}
+                "<|endoftext|>": {
+                    "id": "<|endoftext|>",
+                    "ids": [151643],
+                    "tokens": ["<|endoftext|>"],
+                }
             },
         }
         (path / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
