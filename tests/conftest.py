@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -30,50 +34,49 @@ CORPUS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("tiny")
+_TINY_SPECS = {
+    # Tokenizer appends <|endoftext|> itself (current official Qwen3-Embedding revision).
+    "embed-eos": dict(kind="embedding", eos_postprocessor=True, seed=0),
+    # Tokenizer does not append it (older revisions, GGUF conversions).
+    "embed-plain": dict(kind="embedding", eos_postprocessor=False, seed=1),
+    # Tied LM head, like Qwen3-Reranker-0.6B and 4B.
+    "reranker": dict(kind="reranker", seed=2),
+    # Untied LM head, like Qwen3-Reranker-8B.
+    "reranker-untied": dict(kind="reranker", tie_word_embeddings=False, seed=3),
+}
+_tiny_root: Path | None = None
+_tiny_lock = threading.Lock()
+
+
+def tiny_checkpoint(name: str) -> str:
+    """Path of a tiny random-weight checkpoint, built once per test session."""
+    global _tiny_root
+    with _tiny_lock:
+        if _tiny_root is None:
+            _tiny_root = Path(tempfile.mkdtemp(prefix="qwen3rag-tiny-"))
+            atexit.register(shutil.rmtree, _tiny_root, ignore_errors=True)
+        path = _tiny_root / name
+        if not path.exists():
+            spec = dict(_TINY_SPECS[name])
+            build_checkpoint(path, spec.pop("kind"), initializer_range=0.1, **spec)
+        return str(path)
 
 
 @pytest.fixture(scope="session")
-def embed_eos_path(tiny_dir: Path) -> str:
-    """Embedding checkpoint whose tokenizer appends <|endoftext|> (current official revision)."""
-    return str(
-        build_checkpoint(
-            tiny_dir / "embed-eos", "embedding", eos_postprocessor=True, initializer_range=0.1
-        )
-    )
+def embed_eos_path() -> str:
+    return tiny_checkpoint("embed-eos")
 
 
 @pytest.fixture(scope="session")
-def embed_plain_path(tiny_dir: Path) -> str:
-    """Embedding checkpoint whose tokenizer does not append the EOS (older revisions)."""
-    return str(
-        build_checkpoint(
-            tiny_dir / "embed-plain",
-            "embedding",
-            eos_postprocessor=False,
-            initializer_range=0.1,
-            seed=1,
-        )
-    )
+def embed_plain_path() -> str:
+    return tiny_checkpoint("embed-plain")
 
 
 @pytest.fixture(scope="session")
-def reranker_path(tiny_dir: Path) -> str:
-    """Reranker with a tied LM head, like Qwen3-Reranker-0.6B and 4B."""
-    return str(build_checkpoint(tiny_dir / "reranker", "reranker", initializer_range=0.1, seed=2))
+def reranker_path() -> str:
+    return tiny_checkpoint("reranker")
 
 
 @pytest.fixture(scope="session")
-def reranker_untied_path(tiny_dir: Path) -> str:
-    """Reranker with an untied LM head, like Qwen3-Reranker-8B."""
-    return str(
-        build_checkpoint(
-            tiny_dir / "reranker-untied",
-            "reranker",
-            tie_word_embeddings=False,
-            initializer_range=0.1,
-            seed=3,
-        )
-    )
+def reranker_untied_path() -> str:
+    return tiny_checkpoint("reranker-untied")
