@@ -8,6 +8,7 @@ qwen3-rag query "..." --json                # machine-readable output
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -405,22 +406,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is at the time, so redirections are honoured."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sys.stderr.write(self.format(record) + "\n")
+
+
+@contextlib.contextmanager
+def _log_to_stderr() -> Iterator[None]:
+    # The CLI owns its process while it runs: the library's warnings (skipped files,
+    # truncation) and errors go to stderr as one line each, whatever logging setup exists.
+    package = logging.getLogger("qwen3_rag")
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    saved = (package.level, package.propagate)
+    package.addHandler(handler)
+    package.setLevel(logging.WARNING)
+    package.propagate = False
+    try:
+        yield
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(saved[0])
+        package.propagate = saved[1]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 1 interrupted, 2 error)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     # The CLI draws its own progress bar; transformers' weight-loading bar would interleave.
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    try:
-        return int(args.func(args))
-    except (CliError, ModelLoadError, Qwen3RagError, ValueError, TypeError) as e:
-        logging.getLogger("qwen3_rag.cli").error("%s", e)
-        return 2
-    except KeyboardInterrupt:
-        logger.error("interrupted; run the same command again to resume")
-        return 1
+    with _log_to_stderr():
+        try:
+            return int(args.func(args))
+        except (CliError, ModelLoadError, Qwen3RagError, ValueError, TypeError) as e:
+            logger.error("%s", e)
+            return 2
+        except KeyboardInterrupt:
+            logger.error("interrupted; run the same command again to resume")
+            return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

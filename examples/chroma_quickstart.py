@@ -6,9 +6,11 @@ python examples/chroma_quickstart.py "Why is Venus so hot?"
 from __future__ import annotations
 
 import chromadb
-from _common import paragraphs, parser
+
 from qwen3_rag import Qwen3Reranker
 from qwen3_rag.integrations.chroma import Qwen3EmbeddingFunction, open_collection
+
+from _common import paragraphs, parser
 
 
 def main() -> None:

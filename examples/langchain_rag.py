@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import os
 
-from _common import paragraphs, parser
 from langchain_chroma import Chroma
 from langchain_classic.retrievers import ContextualCompressionRetriever
 from langchain_core.documents import Document
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda, RunnablePassthrough
+
 from qwen3_rag.integrations.langchain import Qwen3Embeddings, Qwen3Rerank
+
+from _common import paragraphs, parser
 
 PROMPT = ChatPromptTemplate.from_messages(
     [

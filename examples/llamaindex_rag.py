@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 
 import chromadb
-from _common import parser
 from llama_index.core import Settings, SimpleDirectoryReader, StorageContext, VectorStoreIndex
 from llama_index.vector_stores.chroma import ChromaVectorStore
+
 from qwen3_rag.integrations.llamaindex import Qwen3Embedding, Qwen3Rerank
+
+from _common import parser
 
 
 def main() -> None:

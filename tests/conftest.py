@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from tiny_models import build_checkpoint
 
 # Tests never reach a model hub: every checkpoint is built locally.

@@ -10,6 +10,7 @@ import textwrap
 import chromadb
 import numpy as np
 import pytest
+
 from qwen3_rag import ModelLoadError, Qwen3Embedder
 from qwen3_rag.integrations.chroma import (
     ConfigMismatchError,

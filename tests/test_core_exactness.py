@@ -7,8 +7,10 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import CORPUS
+
 from qwen3_rag import DEFAULT_TASK, Qwen3Embedder, Qwen3Reranker
+
+from conftest import CORPUS
 from reference import EOD_ID, ReferenceEmbedder, ReferenceReranker
 
 COS_MIN = 0.99999

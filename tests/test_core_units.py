@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import qwen3_rag
 import torch
+
+import qwen3_rag
 from qwen3_rag import (
     DEFAULT_TASK,
     ModelLoadError,
@@ -25,6 +26,7 @@ from qwen3_rag import (
 from qwen3_rag.core import prompts
 from qwen3_rag.core.batching import plan_batches
 from qwen3_rag.core.pooling import last_token_pool, truncate_and_normalize, yes_no_score
+
 from reference import EOD_ID, ReferenceReranker
 
 # -- prompts (byte-exact against the model cards) ------------------------------------------

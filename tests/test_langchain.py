@@ -6,12 +6,14 @@ import asyncio
 
 import numpy as np
 import pytest
-from conftest import tiny_checkpoint
 from langchain_core.documents import Document
 from langchain_tests.integration_tests import EmbeddingsIntegrationTests
 from langchain_tests.unit_tests import EmbeddingsUnitTests
+
 from qwen3_rag import Qwen3Embedder, Qwen3Reranker
 from qwen3_rag.integrations.langchain import INSTRUCTION_METADATA_KEY, Qwen3Embeddings, Qwen3Rerank
+
+from conftest import tiny_checkpoint
 
 DOCS = [
     Document(page_content="Beijing is the capital of China.", metadata={"source": "a.txt", "n": 1}),

@@ -7,6 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+
 from qwen3_rag import Qwen3Embedder, Qwen3Reranker
 from qwen3_rag.integrations.llamaindex import Qwen3Embedding, Qwen3QueryBundle, Qwen3Rerank
 
