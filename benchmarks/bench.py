@@ -1,0 +1,522 @@
+"""Side-by-side speed: qwen3-rag vs sentence-transformers vs the model cards' recipe.
+
+All three run one after another in this process, on the same inputs and the same weights
+(random weights of the official Qwen3-*-0.6B shape, built on first use: speed does not depend on
+the values). Prints a table of tokens/s, pairs/s, peak memory, ratios and the largest deviation
+between systems.
+
+    python benchmarks/bench.py                 # CPU, fp32, about 10 minutes on 2 cores
+    python benchmarks/bench.py --device cuda   # bf16 on a GPU, plus a 512-token throughput run
+    python benchmarks/bench.py --smoke         # tiny model, seconds (run by the test suite)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the random-checkpoint builder lives with the tests
+sys.path.insert(0, str(ROOT / "examples"))
+
+from qwen3_rag import Qwen3Embedder, Qwen3Reranker  # noqa: E402
+from qwen3_rag.core import prompts  # noqa: E402
+
+from _common import paragraphs  # noqa: E402
+from tiny_models import OFFICIAL_0_6B, build_checkpoint  # noqa: E402
+
+QUERY = "How should I rotate an API key without downtime?"
+
+
+def flop_per_token(model_dir: Path, length: float) -> float:
+    """Forward FLOPs per token: 2 x linear weights, plus causal attention at mean context L/2."""
+    c = json.loads((model_dir / "config.json").read_text())
+    h, d, layers = c["hidden_size"], c["head_dim"], c["num_hidden_layers"]
+    nq, nkv, inter = c["num_attention_heads"], c["num_key_value_heads"], c["intermediate_size"]
+    linear = 2 * layers * (2 * nq * d * h + 2 * nkv * d * h + 3 * h * inter)  # 0.881e9 for 0.6B
+    return linear + 2 * nq * d * layers * length
+
+
+# -- inputs --------------------------------------------------------------------------------
+def corpus(n_docs: int, n_pairs: int) -> tuple[list[str], list[str]]:
+    """Real prose of mixed lengths from examples/data: documents to embed and to rerank."""
+    paras = [t for _, t in paragraphs(str(ROOT / "examples" / "data"))]
+    sizes = [2, 4, 6, 2, 8, 4, 2, 6, 4, 2, 10, 2, 4, 6, 2, 4]
+    docs, start = [], 0
+    for i in range(n_docs):
+        k = sizes[i % len(sizes)]
+        docs.append("\n\n".join(paras[(start + j) % len(paras)] for j in range(k)))
+        start += k
+    pairs = [
+        paras[i % len(paras)] + ("\n\n" + paras[(i + 7) % len(paras)] if i % 3 == 0 else "")
+        for i in range(n_pairs)
+    ]
+    return docs, pairs
+
+
+# -- peers ---------------------------------------------------------------------------------
+_RERANK_TEMPLATE = (
+    "{%- set q = (messages | selectattr('role', 'eq', 'query') | first).content -%}"
+    "{%- set d = (messages | selectattr('role', 'eq', 'document') | first).content -%}"
+    "{%- if q is not string %}{% set q = q[0].text %}{% endif -%}"
+    "{%- if d is not string %}{% set d = d[0].text %}{% endif -%}"
+    + prompts.RERANK_PREFIX.replace("\n", "\\n").join(["{{- '", "' -}}"])
+    + "{{- '<Instruct>: ' + instruction + '\\n<Query>: ' + q + '\\n<Document>: ' + d -}}"
+    + prompts.RERANK_SUFFIX.replace("\n", "\\n").join(["{{- '", "' -}}"])
+)
+
+
+def _mirror(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        target = dst / f.name
+        if not target.exists():
+            if f.suffix == ".safetensors":
+                target.symlink_to(f.resolve())
+            else:
+                shutil.copy(f, target)
+
+
+def st_embedding_dir(model: Path, work: Path) -> Path:
+    """The checkpoint with the sentence-transformers config the official repo ships."""
+    out = work / "st-embedding"
+    _mirror(model, out)
+    (out / "modules.json").write_text(
+        json.dumps(
+            [
+                {
+                    "idx": 0,
+                    "name": "0",
+                    "path": "",
+                    "type": "sentence_transformers.models.Transformer",
+                },
+                {
+                    "idx": 1,
+                    "name": "1",
+                    "path": "1_Pooling",
+                    "type": "sentence_transformers.models.Pooling",
+                },
+                {
+                    "idx": 2,
+                    "name": "2",
+                    "path": "2_Normalize",
+                    "type": "sentence_transformers.models.Normalize",
+                },
+            ]
+        )
+    )
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    hidden = json.loads((model / "config.json").read_text())["hidden_size"]
+    (out / "1_Pooling" / "config.json").write_text(
+        json.dumps(
+            {
+                "word_embedding_dimension": hidden,
+                "pooling_mode_lasttoken": True,
+                "include_prompt": True,
+            }
+        )
+    )
+    (out / "2_Normalize").mkdir(exist_ok=True)
+    (out / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": 8192, "do_lower_case": False})
+    )
+    (out / "config_sentence_transformers.json").write_text(
+        json.dumps(
+            {
+                "prompts": {
+                    "query": prompts.QUERY_TEMPLATE.format(task=prompts.DEFAULT_TASK, query=""),
+                    "document": "",
+                },
+                "default_prompt_name": None,
+                "similarity_fn_name": "cosine",
+            }
+        )
+    )
+    return out
+
+
+def st_reranker_dir(model: Path, work: Path) -> Path:
+    """The checkpoint with a chat template that renders the official reranker prompt."""
+    out = work / "st-reranker"
+    _mirror(model, out)
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    config["chat_template"] = _RERANK_TEMPLATE
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    return out
+
+
+class CardEmbedder:
+    """The Qwen3-Embedding model card's transformers code (one padded batch for all texts)."""
+
+    def __init__(self, path: Path, device: str, dtype: torch.dtype) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+        self.model = AutoModel.from_pretrained(path, dtype=dtype).to(device)
+        self.device = device
+
+    @torch.no_grad()  # the card omits it; kept here so the peer is not penalised for autograd
+    def embed(self, texts: list[str]) -> np.ndarray:
+        batch = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=8192, return_tensors="pt"
+        )
+        batch = batch.to(self.device)
+        out = self.model(**batch)
+        hidden, mask = out.last_hidden_state, batch["attention_mask"]
+        if bool(mask[:, -1].sum() == mask.shape[0]):
+            pooled = hidden[:, -1]
+        else:
+            lengths = mask.sum(dim=1) - 1
+            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths]
+        return torch.nn.functional.normalize(pooled.float(), p=2, dim=1).cpu().numpy()
+
+
+class CardReranker:
+    """The Qwen3-Reranker model card's transformers code (one batch, full-vocabulary logits)."""
+
+    def __init__(self, path: Path, device: str, dtype: torch.dtype) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        self.device = device
+        self.prefix = self.tokenizer.encode(prompts.RERANK_PREFIX, add_special_tokens=False)
+        self.suffix = self.tokenizer.encode(prompts.RERANK_SUFFIX, add_special_tokens=False)
+        self.yes = self.tokenizer.convert_tokens_to_ids("yes")
+        self.no = self.tokenizer.convert_tokens_to_ids("no")
+
+    @torch.no_grad()
+    def score(self, query: str, docs: list[str], max_length: int = 8192) -> list[float]:
+        pairs = [prompts.format_rerank_body(query, d, prompts.DEFAULT_TASK) for d in docs]
+        inputs = self.tokenizer(
+            pairs,
+            padding=False,
+            truncation="longest_first",
+            return_attention_mask=False,
+            max_length=max_length - len(self.prefix) - len(self.suffix),
+        )
+        inputs["input_ids"] = [self.prefix + ids + self.suffix for ids in inputs["input_ids"]]
+        inputs = self.tokenizer.pad(
+            inputs, padding=True, return_tensors="pt", max_length=max_length
+        )
+        logits = self.model(**inputs.to(self.device)).logits[:, -1, :]
+        pair = torch.stack([logits[:, self.no], logits[:, self.yes]], dim=1).float()
+        return torch.nn.functional.log_softmax(pair, dim=1)[:, 1].exp().tolist()
+
+
+# -- measurement ---------------------------------------------------------------------------
+class PeakMemory:
+    """Peak memory above the starting point while the block runs: RSS on CPU, allocator on GPU."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.peak = 0
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def __enter__(self) -> PeakMemory:
+        gc.collect()
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._base = torch.cuda.memory_allocated()
+            return self
+        self._base = self._rss()
+        self._stop = threading.Event()
+
+        def sample() -> None:
+            while not self._stop.is_set():
+                self.peak = max(self.peak, self._rss() - self._base)
+                time.sleep(0.005)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self._base
+            return
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss() - self._base)
+
+
+def timed(fn: Callable[[], Any], device: str, repeat: int) -> tuple[Any, float, int]:
+    """Best wall time of ``repeat`` runs after one warm-up, the result, and peak memory."""
+    fn()
+    best, result, peak = float("inf"), None, 0
+    for _ in range(repeat):
+        with PeakMemory(device) as mem:
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            result = fn()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - t)
+        peak = max(peak, mem.peak)
+    return result, best, peak
+
+
+def gemm_gflops(device: str, dtype: torch.dtype) -> float:
+    """Throughput of a [2048 x 1024] @ [1024 x 3072] matmul, the 0.6B MLP's shape."""
+    a = torch.randn(2048, 1024, device=device, dtype=dtype)
+    b = torch.randn(1024, 3072, device=device, dtype=dtype)
+    n = 10 if device == "cpu" else 200
+    for _ in range(3):
+        a @ b
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(n):
+        a @ b
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return 2 * 2048 * 1024 * 3072 * n / (time.perf_counter() - t) / 1e9
+
+
+# -- runs ----------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    work = Path(args.work).resolve()
+    shape = None if args.smoke else OFFICIAL_0_6B
+    emb_dir = (
+        Path(args.embedding_model)
+        if args.embedding_model
+        else work / ("emb-tiny" if args.smoke else "emb-0.6b")
+    )
+    rr_dir = (
+        Path(args.reranker_model)
+        if args.reranker_model
+        else work / ("rr-tiny" if args.smoke else "rr-0.6b")
+    )
+    if not emb_dir.exists():
+        build_checkpoint(emb_dir, "embedding", shape=shape, eos_postprocessor=True)
+    if not rr_dir.exists():
+        build_checkpoint(rr_dir, "reranker", shape=shape)
+    docs, pairs = corpus(args.docs, args.pairs)
+    report: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(0)
+        if device.startswith("cuda")
+        else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+        "dtype": str(dtype).replace("torch.", ""),
+        "torch": torch.__version__,
+    }
+    import sentence_transformers
+    import transformers
+
+    report["transformers"] = transformers.__version__
+    report["sentence_transformers"] = sentence_transformers.__version__
+    gflops = gemm_gflops(device, dtype)
+    report["gemm_gflops"] = round(gflops, 1)
+
+    # Embedding ------------------------------------------------------------------------
+    ours = Qwen3Embedder(emb_dir, device=device, dtype=dtype, show_progress=False)
+    n_tokens = sum(len(ids) for ids in ours.encode_ids(docs))
+    report["embed_docs"], report["embed_tokens"] = len(docs), n_tokens
+    results: dict[str, Any] = {}
+    vec, t, mem = timed(lambda: ours.embed_documents(docs), device, args.repeat)
+    results["qwen3-rag"] = (vec, t, mem)
+    del ours
+    from sentence_transformers import CrossEncoder, SentenceTransformer
+
+    st = SentenceTransformer(
+        str(st_embedding_dir(emb_dir, work)), device=device, model_kwargs={"dtype": dtype}
+    )
+    results["sentence-transformers"] = timed(
+        lambda: st.encode(docs, convert_to_numpy=True), device, args.repeat
+    )
+    del st
+    card = CardEmbedder(emb_dir, device, dtype)
+    results["model card"] = timed(lambda: card.embed(docs), device, args.repeat)
+    del card
+    gc.collect()
+    base = results["qwen3-rag"]
+    ceiling = gflops * 1e9 / flop_per_token(emb_dir, n_tokens / len(docs))
+    report["embedding"] = {
+        name: {
+            "tokens_per_s": round(n_tokens / t, 1),
+            "peak_mem_mb": round(mem / 2**20, 1),
+            "speedup": round(results[name][1] / base[1], 2)
+            if name == "qwen3-rag"
+            else round(t / base[1], 2),
+            "min_cosine_vs_ours": float(
+                np.min(np.sum(np.asarray(v, dtype=np.float32) * base[0], axis=1))
+            ),
+        }
+        for name, (v, t, mem) in results.items()
+    }
+    report["embedding_ceiling_tokens_per_s"] = round(ceiling, 1)
+    report["embedding_pct_of_ceiling"] = round(100 * n_tokens / base[1] / ceiling, 1)
+
+    # Reranking ------------------------------------------------------------------------
+    ours_rr = Qwen3Reranker(rr_dir, device=device, dtype=dtype, show_progress=False)
+    n_pair_tokens = sum(len(ids) for ids in ours_rr.encode_ids(QUERY, pairs))
+    report["rerank_pairs"], report["rerank_tokens"] = len(pairs), n_pair_tokens
+    rr_results: dict[str, Any] = {}
+    rr_results["qwen3-rag"] = timed(lambda: ours_rr.score(QUERY, pairs), device, args.repeat)
+    del ours_rr
+    ce = CrossEncoder(
+        str(st_reranker_dir(rr_dir, work)), device=device, model_kwargs={"dtype": dtype}
+    )
+    rr_results["sentence-transformers"] = timed(
+        lambda: ce.predict(
+            [(QUERY, d) for d in pairs],
+            convert_to_numpy=True,
+            processing_kwargs={"chat_template": {"instruction": prompts.DEFAULT_TASK}},
+        ).tolist(),
+        device,
+        args.repeat,
+    )
+    del ce
+    card_rr = CardReranker(rr_dir, device, dtype)
+    rr_results["model card"] = timed(lambda: card_rr.score(QUERY, pairs), device, args.repeat)
+    del card_rr
+    gc.collect()
+    base_rr = rr_results["qwen3-rag"]
+    report["reranking"] = {
+        name: {
+            "pairs_per_s": round(len(pairs) / t, 2),
+            "tokens_per_s": round(n_pair_tokens / t, 1),
+            "peak_mem_mb": round(mem / 2**20, 1),
+            "speedup": round(t / base_rr[1], 2),
+            "max_abs_score_diff_vs_ours": float(
+                np.max(np.abs(np.asarray(s) - np.asarray(base_rr[0])))
+            ),
+        }
+        for name, (s, t, mem) in rr_results.items()
+    }
+
+    # GPU throughput at 512-token inputs ----------------------------------------------------
+    if device.startswith("cuda") and not args.smoke:
+        report["gpu_512"] = gpu_throughput(emb_dir, device, gflops)
+        report["gpu_512"]["h100_roofline_tokens_per_s"] = round(
+            989e12 / flop_per_token(emb_dir, 512)
+        )
+    return report
+
+
+def gpu_throughput(emb_dir: Path, device: str, gflops: float) -> dict[str, Any]:
+    """Tokens/s of the embedder on 4,096 inputs of exactly 512 tokens, per attention kernel."""
+    out: dict[str, Any] = {"bf16_gemm_tflops": round(gflops / 1e3, 1)}
+    words = " ".join(t for _, t in paragraphs(str(ROOT / "examples" / "data")))
+    base = Qwen3Embedder(emb_dir, device=device, dtype="bfloat16")
+    ids = base.tokenizer.encode_plain([words])[0]
+    text = base.tokenizer.plain.decode(ids[:1200])
+    texts = []
+    for i in range(4096):  # distinct texts, each cut to exactly 512 tokens below
+        texts.append(f"{i} " + text)
+    del base
+    for attn in ["sdpa", "flash_attention_2"]:
+        for budget in [16384, 65536]:
+            try:
+                emb = Qwen3Embedder(
+                    emb_dir,
+                    device=device,
+                    dtype="bfloat16",
+                    max_length=512,
+                    attn_implementation=attn,
+                    batch_tokens=budget,
+                    max_batch_size=1024,
+                    show_progress=False,
+                )
+            except (ImportError, ValueError) as e:
+                out[f"{attn}"] = f"unavailable: {str(e).splitlines()[0][:80]}"
+                break
+            emb.embed_documents(texts[:64])
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            emb.embed_documents(texts)
+            torch.cuda.synchronize()
+            dt = time.perf_counter() - t
+            out[f"{attn}_budget{budget}_tokens_per_s"] = round(4096 * 512 / dt)
+            del emb
+            gc.collect()
+    return out
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = [
+        f"device: {report['device']} ({report['threads']} threads), {report['dtype']}, torch {report['torch']}, "
+        f"transformers {report['transformers']}, sentence-transformers {report['sentence_transformers']}",
+        f"GEMM {report['gemm_gflops']} GFLOP/s -> embedding ceiling {report['embedding_ceiling_tokens_per_s']} tok/s",
+        "",
+        f"Embedding: {report['embed_docs']} documents, {report['embed_tokens']} tokens",
+        "| system | tokens/s | x slower than qwen3-rag | peak mem MB | min cosine vs qwen3-rag |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in report["embedding"].items():
+        lines.append(
+            f"| {name} | {r['tokens_per_s']} | {r['speedup']} | {r['peak_mem_mb']} | {r['min_cosine_vs_ours']:.6f} |"
+        )
+    lines.append(f"qwen3-rag reaches {report['embedding_pct_of_ceiling']}% of the GEMM ceiling")
+    lines += [
+        "",
+        f"Reranking: 1 query x {report['rerank_pairs']} documents, {report['rerank_tokens']} tokens",
+        "| system | pairs/s | tokens/s | x slower than qwen3-rag | peak mem MB | max abs score diff vs qwen3-rag |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in report["reranking"].items():
+        lines.append(
+            f"| {name} | {r['pairs_per_s']} | {r['tokens_per_s']} | {r['speedup']} | {r['peak_mem_mb']} | "
+            f"{r['max_abs_score_diff_vs_ours']:.2e} |"
+        )
+    if "gpu_512" in report:
+        lines += ["", "GPU embedder throughput, 4,096 inputs x 512 tokens:"]
+        lines += [f"- {k}: {v}" for k, v in report["gpu_512"].items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument(
+        "--embedding-model", default=None, help="checkpoint folder (default: build random 0.6B)"
+    )
+    p.add_argument(
+        "--reranker-model", default=None, help="checkpoint folder (default: build random 0.6B)"
+    )
+    p.add_argument("--work", default=str(ROOT / ".bench"), help="folder for built checkpoints")
+    p.add_argument("--docs", type=int, default=16, help="documents to embed")
+    p.add_argument("--pairs", type=int, default=32, help="documents to rerank for one query")
+    p.add_argument("--repeat", type=int, default=2, help="timed runs per system (best is kept)")
+    p.add_argument("--smoke", action="store_true", help="tiny random model, few inputs")
+    p.add_argument("--json", default=None, help="also write the report here")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.docs, args.pairs, args.repeat = min(args.docs, 4), min(args.pairs, 4), 1
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    report = run(args)
+    print(table(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
