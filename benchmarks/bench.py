@@ -279,6 +279,21 @@ def timed(fn: Callable[[], Any], device: str, repeat: int) -> tuple[Any, float, 
     return result, best, peak
 
 
+def each(
+    makers: dict[str, Callable[[], Callable[[], Any]]], device: str, repeat: int
+) -> dict[str, tuple[Any, float, int]]:
+    """Build and time each system in turn; each is freed before the next one loads."""
+    out = {}
+    for name, make in makers.items():
+        fn = make()
+        out[name] = timed(fn, device, repeat)
+        del fn
+        gc.collect()
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return out
+
+
 def gemm_gflops(device: str, dtype: torch.dtype) -> float:
     """Throughput of a [2048 x 1024] @ [1024 x 3072] matmul, the 0.6B MLP's shape."""
     a = torch.randn(2048, 1024, device=device, dtype=dtype)
@@ -334,35 +349,39 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report["gemm_gflops"] = round(gflops, 1)
 
     # Embedding ------------------------------------------------------------------------
-    ours = Qwen3Embedder(emb_dir, device=device, dtype=dtype, show_progress=False)
-    n_tokens = sum(len(ids) for ids in ours.encode_ids(docs))
-    report["embed_docs"], report["embed_tokens"] = len(docs), n_tokens
-    results: dict[str, Any] = {}
-    vec, t, mem = timed(lambda: ours.embed_documents(docs), device, args.repeat)
-    results["qwen3-rag"] = (vec, t, mem)
-    del ours
     from sentence_transformers import CrossEncoder, SentenceTransformer
 
-    st = SentenceTransformer(
-        str(st_embedding_dir(emb_dir, work)), device=device, model_kwargs={"dtype": dtype}
+    n_tokens = sum(
+        len(ids) for ids in Qwen3Embedder(emb_dir, device=device, dtype=dtype).encode_ids(docs)
     )
-    results["sentence-transformers"] = timed(
-        lambda: st.encode(docs, convert_to_numpy=True), device, args.repeat
+    report["embed_docs"], report["embed_tokens"] = len(docs), n_tokens
+
+    def ours_embed() -> Callable[[], Any]:
+        emb = Qwen3Embedder(emb_dir, device=device, dtype=dtype, show_progress=False)
+        return lambda: emb.embed_documents(docs)
+
+    def st_embed() -> Callable[[], Any]:
+        st = SentenceTransformer(
+            str(st_embedding_dir(emb_dir, work)), device=device, model_kwargs={"dtype": dtype}
+        )
+        return lambda: st.encode(docs, convert_to_numpy=True)
+
+    def card_embed() -> Callable[[], Any]:
+        card = CardEmbedder(emb_dir, device, dtype)
+        return lambda: card.embed(docs)
+
+    results = each(
+        {"qwen3-rag": ours_embed, "sentence-transformers": st_embed, "model card": card_embed},
+        device,
+        args.repeat,
     )
-    del st
-    card = CardEmbedder(emb_dir, device, dtype)
-    results["model card"] = timed(lambda: card.embed(docs), device, args.repeat)
-    del card
-    gc.collect()
     base = results["qwen3-rag"]
     ceiling = gflops * 1e9 / flop_per_token(emb_dir, n_tokens / len(docs))
     report["embedding"] = {
         name: {
             "tokens_per_s": round(n_tokens / t, 1),
             "peak_mem_mb": round(mem / 2**20, 1),
-            "speedup": round(results[name][1] / base[1], 2)
-            if name == "qwen3-rag"
-            else round(t / base[1], 2),
+            "speedup": round(t / base[1], 2),
             "min_cosine_vs_ours": float(
                 np.min(np.sum(np.asarray(v, dtype=np.float32) * base[0], axis=1))
             ),
@@ -373,29 +392,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report["embedding_pct_of_ceiling"] = round(100 * n_tokens / base[1] / ceiling, 1)
 
     # Reranking ------------------------------------------------------------------------
-    ours_rr = Qwen3Reranker(rr_dir, device=device, dtype=dtype, show_progress=False)
-    n_pair_tokens = sum(len(ids) for ids in ours_rr.encode_ids(QUERY, pairs))
-    report["rerank_pairs"], report["rerank_tokens"] = len(pairs), n_pair_tokens
-    rr_results: dict[str, Any] = {}
-    rr_results["qwen3-rag"] = timed(lambda: ours_rr.score(QUERY, pairs), device, args.repeat)
-    del ours_rr
-    ce = CrossEncoder(
-        str(st_reranker_dir(rr_dir, work)), device=device, model_kwargs={"dtype": dtype}
+    n_pair_tokens = sum(
+        len(ids)
+        for ids in Qwen3Reranker(rr_dir, device=device, dtype=dtype).encode_ids(QUERY, pairs)
     )
-    rr_results["sentence-transformers"] = timed(
-        lambda: ce.predict(
-            [(QUERY, d) for d in pairs],
-            convert_to_numpy=True,
-            processing_kwargs={"chat_template": {"instruction": prompts.DEFAULT_TASK}},
-        ).tolist(),
+    report["rerank_pairs"], report["rerank_tokens"] = len(pairs), n_pair_tokens
+
+    def ours_rerank() -> Callable[[], Any]:
+        rr = Qwen3Reranker(rr_dir, device=device, dtype=dtype, show_progress=False)
+        return lambda: rr.score(QUERY, pairs)
+
+    def st_rerank() -> Callable[[], Any]:
+        ce = CrossEncoder(
+            str(st_reranker_dir(rr_dir, work)), device=device, model_kwargs={"dtype": dtype}
+        )
+        # The template's {{ instruction }} gets the default task, as in the official prompt.
+        kwargs = {"chat_template": {"instruction": prompts.DEFAULT_TASK}}
+        return lambda: ce.predict([(QUERY, d) for d in pairs], processing_kwargs=kwargs).tolist()
+
+    def card_rerank() -> Callable[[], Any]:
+        card = CardReranker(rr_dir, device, dtype)
+        return lambda: card.score(QUERY, pairs)
+
+    rr_results = each(
+        {"qwen3-rag": ours_rerank, "sentence-transformers": st_rerank, "model card": card_rerank},
         device,
         args.repeat,
     )
-    del ce
-    card_rr = CardReranker(rr_dir, device, dtype)
-    rr_results["model card"] = timed(lambda: card_rr.score(QUERY, pairs), device, args.repeat)
-    del card_rr
-    gc.collect()
     base_rr = rr_results["qwen3-rag"]
     report["reranking"] = {
         name: {
