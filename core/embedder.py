@@ -176,7 +176,11 @@ class Qwen3Embedder(Qwen3Runtime):
         ids, truncated = self._tokenize(texts)
         self._warn_truncated(truncated, len(texts))
         rows = self._run_batched([len(r) for r in ids], lambda b: self._forward(ids, b), "embed")
-        return torch.stack(rows).numpy()
+        # One finite check and one device-to-host copy for the whole call: per-batch checks
+        # would stall the GPU while the host prepares the next batch.
+        out = torch.stack(rows)
+        self._check_finite(out, "embeddings")  # NaN/inf survive the normalisation
+        return out.cpu().numpy()
 
     def _tokenize(self, texts: list[str]) -> tuple[list[list[int]], int]:
         """Ids with exactly one trailing <|endoftext|>, and how many inputs were cut."""
@@ -198,6 +202,4 @@ class Qwen3Embedder(Qwen3Runtime):
             attn = None if bool(mask.all()) else mask
             hidden = model(input_ids=input_ids, attention_mask=attn, use_cache=False)
             pooled = last_token_pool(hidden.last_hidden_state, mask).float()
-        self._check_finite(pooled, "embeddings")
-        out = truncate_and_normalize(pooled, self.dimensions).cpu()
-        return list(out.unbind(0))
+        return list(truncate_and_normalize(pooled, self.dimensions).unbind(0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -206,7 +207,10 @@ class Qwen3Reranker(Qwen3Runtime):
             lambda batch: self._forward(seqs, shared, cache, batch),
             "rerank",
         )
-        return [float(s) for s in scores]
+        # One finite check and one device-to-host copy for the whole call.
+        stacked = torch.stack(scores)
+        self._check_finite(stacked, "scores")
+        return [float(s) for s in stacked.cpu().tolist()]
 
     def rerank(
         self,
@@ -256,13 +260,15 @@ class Qwen3Reranker(Qwen3Runtime):
 
     def _prefix_cache(self, ids: list[int]) -> Any:
         tensor = torch.tensor([ids], dtype=torch.long, device=self.device)
+        cache = _prefix_cache_class()()
         with self._lock, torch.inference_mode():
-            out = self._loaded.model(input_ids=tensor, use_cache=True)
-        return out.past_key_values
+            self._loaded.model(input_ids=tensor, past_key_values=cache, use_cache=True)
+        cache.frozen = True
+        return cache
 
     def _forward(
         self, seqs: list[list[int]], shared: int, cache: Any, batch: list[int]
-    ) -> list[float]:
+    ) -> list[torch.Tensor]:
         rows = [seqs[i][shared:] for i in batch]
         input_ids, mask = self._left_pad(rows)
         model = self._loaded.model
@@ -279,14 +285,13 @@ class Qwen3Reranker(Qwen3Runtime):
                     input_ids=input_ids,
                     attention_mask=full_mask,
                     position_ids=positions,
-                    past_key_values=_expand_cache(cache, len(rows)),
+                    past_key_values=cache,
                     use_cache=True,
                 )
             # Left padding: the last position is each row's final real token.
             hidden = out.last_hidden_state[:, -1].float()
             scores = yes_no_score(hidden, self._loaded.extras["head"])
-        self._check_finite(scores, "scores")
-        return scores.cpu().tolist()
+        return list(scores.unbind(0))
 
 
 def _common_prefix_len(seqs: list[list[int]]) -> int:
@@ -299,19 +304,38 @@ def _common_prefix_len(seqs: list[list[int]]) -> int:
     return n
 
 
-def _expand_cache(cache: Any, rows: int) -> Any:
-    """A fresh cache holding the prefix's keys/values broadcast to ``rows`` rows.
+@functools.cache
+def _prefix_cache_class() -> type:
+    """A ``DynamicCache`` that stores the shared prefix once, then stays read-only.
 
-    ``expand`` makes views, not copies; the forward concatenates new keys onto them, so the
-    shared prefix cache itself is never modified and serves every batch.
+    Frozen, each layer's ``update`` returns the prefix (broadcast to the batch's rows) joined
+    with the batch's own keys/values and stores nothing: the batch's keys/values are freed as
+    soon as the layer is done, instead of accumulating for all layers (hundreds of MB for a
+    32-document batch), and one prefix cache serves every batch unchanged.
     """
     from transformers import DynamicCache
 
-    if hasattr(cache, "layers"):
-        pairs = [(layer.keys, layer.values) for layer in cache.layers]
-    else:  # transformers < 4.56 kept parallel lists
-        pairs = list(zip(cache.key_cache, cache.value_cache, strict=False))
-    fresh = DynamicCache()
-    for i, (k, v) in enumerate(pairs):
-        fresh.update(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1), i)
-    return fresh
+    class SharedPrefixCache(DynamicCache):  # type: ignore[misc]
+        frozen = False
+
+        def update(
+            self,
+            key_states: torch.Tensor,
+            value_states: torch.Tensor,
+            layer_idx: int,
+            *args: Any,
+            **kwargs: Any,
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            if not self.frozen:
+                return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+            if hasattr(self, "layers"):
+                keys, values = self.layers[layer_idx].keys, self.layers[layer_idx].values
+            else:  # transformers < 4.56 kept parallel lists
+                keys, values = self.key_cache[layer_idx], self.value_cache[layer_idx]
+            rows = key_states.shape[0]
+            return (
+                torch.cat([keys.expand(rows, -1, -1, -1), key_states], dim=-2),
+                torch.cat([values.expand(rows, -1, -1, -1), value_states], dim=-2),
+            )
+
+    return SharedPrefixCache
