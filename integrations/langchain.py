@@ -72,6 +72,8 @@ class _CoreOptions(BaseModel):
     """Characters kept per input before tokenizing."""
     show_progress: bool | None = None
     """Progress bar: True, False, or None for long jobs only."""
+    compile: bool | None = None
+    """``torch.compile`` the model (GPU throughput jobs)."""
 
     def _options(self, allowed: tuple[str, ...]) -> dict[str, Any]:
         return {k: getattr(self, k) for k in allowed if k in type(self).model_fields}

@@ -89,6 +89,7 @@ class Qwen3Embedding(BaseEmbedding):
     max_batch_size: int | None = None
     max_chars: int | None = None
     show_progress: bool | None = None
+    compile: bool | None = None
 
     _embedder: Qwen3Embedder = PrivateAttr()
 
@@ -159,6 +160,7 @@ class Qwen3Rerank(BaseNodePostprocessor):
     max_batch_size: int | None = None
     max_chars: int | None = None
     show_progress: bool | None = None
+    compile: bool | None = None
     share_prefix: bool | None = None
 
     _reranker: Qwen3Reranker = PrivateAttr()

@@ -70,3 +70,15 @@ def test_flash_attention_2_when_installed(embed_eos_path):
         embed_eos_path, device="cuda", attn_implementation="flash_attention_2", max_length=128
     )
     assert _cos(sdpa.embed_documents(DOCS), fa2.embed_documents(DOCS)).min() >= 0.999
+
+
+def test_compiled_model_matches_eager(embed_eos_path, reranker_path):
+    eager = Qwen3Embedder(embed_eos_path, device="cuda", max_length=128)
+    compiled = Qwen3Embedder(embed_eos_path, device="cuda", max_length=128, compile=True)
+    assert compiled._loaded is not eager._loaded
+    for batch in (DOCS, DOCS[:3], DOCS[5:]):  # several shapes: one dynamic compilation
+        assert _cos(eager.embed_documents(batch), compiled.embed_documents(batch)).min() >= 0.999
+    rr = Qwen3Reranker(reranker_path, device="cuda", max_length=128)
+    rc = Qwen3Reranker(reranker_path, device="cuda", max_length=128, compile=True)
+    diff = np.abs(np.array(rr.score("q", DOCS)) - np.array(rc.score("q", DOCS)))
+    assert diff.max() <= 1e-2
