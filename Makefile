@@ -24,11 +24,17 @@ test: venv  ## Run the test suite (offline, CPU)
 lint: venv  ## ruff check
 	$(VENV)/bin/ruff check .
 
-demo: venv  ## Index examples/data and ask a question (tiny offline models unless QWEN3_RAG_REAL=1)
-	$(PY) examples/demo.py
+EMBED_MODEL ?= Qwen/Qwen3-Embedding-0.6B
+RERANK_MODEL ?= Qwen/Qwen3-Reranker-0.6B
+DEMO_DB ?= ./demo_db/cli
+QUESTION ?= How should I rotate an API key without downtime?
+
+demo: venv  ## Index examples/data with the CLI and ask a question (EMBED_MODEL/RERANK_MODEL to override)
+	$(VENV)/bin/qwen3-rag index examples/data --db $(DEMO_DB) --embedding-model $(EMBED_MODEL)
+	$(VENV)/bin/qwen3-rag query "$(QUESTION)" --db $(DEMO_DB) --reranker-model $(RERANK_MODEL) --top-n 3
 
 bench: venv  ## Speed against sentence-transformers and the official recipe (about 15 min on 2 cores)
 	$(PY) benchmarks/bench.py
 
 clean:  ## Remove the virtualenv and caches
-	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info demo_db

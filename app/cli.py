@@ -114,6 +114,8 @@ def chunk_file(path: Path, chunk_size: int, chunk_overlap: int) -> list[Chunk]:
     """Split a file into chunks whose ids depend only on its path and the chunk's content."""
     from langchain_text_splitters import RecursiveCharacterTextSplitter
 
+    from qwen3_rag.integrations.chroma import clean_metadata
+
     splitter = RecursiveCharacterTextSplitter(
         chunk_size=chunk_size, chunk_overlap=chunk_overlap, add_start_index=True
     )
@@ -127,7 +129,7 @@ def chunk_file(path: Path, chunk_size: int, chunk_overlap: int) -> list[Chunk]:
             key = f"{source}\0{extra.get('page', 0)}\0{start}\0{doc.page_content}"
             chunk_id = hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
             metadata = {"source": source, "start_index": start, "chunk": len(chunks), **extra}
-            chunks.append(Chunk(chunk_id, doc.page_content, metadata))
+            chunks.append(Chunk(chunk_id, doc.page_content, clean_metadata(metadata) or {}))
     return chunks
 
 

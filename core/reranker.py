@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .errors import ModelLoadError
+from .errors import ModelLoadError, OutOfMemoryError
 from .loading import DeviceLike, DTypeLike, LoadedModel, from_pretrained_kwargs
 from .pooling import yes_no_score
 from .prompts import (
@@ -265,8 +265,14 @@ class Qwen3Reranker(Qwen3Runtime):
     def _prefix_cache(self, ids: list[int]) -> Any:
         tensor = torch.tensor([ids], dtype=torch.long, device=self.device)
         cache = _prefix_cache_class()()
-        with self._lock, torch.inference_mode():
-            self._loaded.model(input_ids=tensor, past_key_values=cache, use_cache=True)
+        try:
+            with self._lock, torch.inference_mode():
+                self._loaded.model(input_ids=tensor, past_key_values=cache, use_cache=True)
+        except torch.cuda.OutOfMemoryError as e:  # one row: nothing left to split
+            raise OutOfMemoryError(
+                f"out of accelerator memory on the shared prefix ({len(ids)} tokens). "
+                f"{self._oom_advice()}"
+            ) from e
         cache.frozen = True
         return cache
 

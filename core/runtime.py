@@ -224,10 +224,7 @@ class Qwen3Runtime:
             budget = max(1, rows * longest)
             loaded.reduced_budget = min(loaded.reduced_budget or budget, budget)
 
-        advice = (
-            f"Lower max_length (now {self.max_length}), use dtype='bfloat16', "
-            "or free accelerator memory."
-        )
+        advice = self._oom_advice()
         with tqdm(total=len(lengths), desc=desc, unit="text", disable=not show) as bar:
             for batch in batches:
                 for i, out in zip(
@@ -236,6 +233,12 @@ class Qwen3Runtime:
                     results[i] = out
                 bar.update(len(batch))
         return results  # type: ignore[return-value]
+
+    def _oom_advice(self) -> str:
+        return (
+            f"Lower max_length (now {self.max_length}), use dtype='bfloat16', "
+            "or free accelerator memory."
+        )
 
     def _check_finite(self, values: torch.Tensor, what: str) -> None:
         if not bool(torch.isfinite(values).all()):

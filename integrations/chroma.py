@@ -24,7 +24,7 @@ try:
 except ImportError as e:  # pragma: no cover - exercised in a clean environment test
     raise missing_extra("chromadb", "chroma") from e
 
-__all__ = ["ConfigMismatchError", "Qwen3EmbeddingFunction", "open_collection"]
+__all__ = ["ConfigMismatchError", "Qwen3EmbeddingFunction", "clean_metadata", "open_collection"]
 
 #: The name under which Chroma stores and finds this embedding function.
 EF_NAME = "qwen3_rag"
@@ -207,3 +207,50 @@ def open_collection(
         stored.get("config") or {}, embedding_function.get_config(), f"collection {name!r}"
     )
     return collection
+
+
+_SCALARS = (str, int, float, bool)
+
+
+def clean_metadata(metadata: dict[str, Any] | None, *, sep: str = ".") -> dict[str, Any] | None:
+    """Make loader metadata storable in Chroma, which takes only flat scalar values.
+
+    Empty metadata becomes None; nested dicts are flattened to ``parent.child`` keys; ``None``
+    values are dropped; lists of scalars are kept. Anything else (a list of dicts, a date, an
+    object) is refused rather than silently turned into text.
+
+    Raises:
+        ValueError: Naming the key whose value Chroma cannot store.
+
+    Example:
+        >>> clean_metadata({"source": "a.md", "loc": {"page": 2}, "tags": ["x"], "none": None})
+        {'source': 'a.md', 'loc.page': 2, 'tags': ['x']}
+        >>> clean_metadata({}) is None
+        True
+    """
+    if metadata is None:
+        return None
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if value is None:
+            return
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}{sep}{key}" if prefix else str(key), inner)
+        elif isinstance(value, _SCALARS):
+            flat[prefix] = value
+        elif (
+            isinstance(value, (list, tuple))
+            and value
+            and all(isinstance(v, _SCALARS) for v in value)
+        ):
+            flat[prefix] = list(value)
+        else:
+            raise ValueError(
+                f"metadata key {prefix!r} holds a {type(value).__name__} that Chroma cannot "
+                "store; convert it to a string, number, bool or a list of those"
+            )
+
+    walk("", metadata)
+    return flat or None
