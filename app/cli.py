@@ -249,7 +249,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     roots = [Path(p).expanduser().resolve() for p in args.paths]
     with tqdm(total=len(files), unit="file", desc="index", disable=args.quiet) as bar:
         for path in files:
-            bar.set_postfix_str(path.name[-30:])
+            bar.set_postfix_str(f"{stats.chunks} chunks, {stats.new} new | {path.name[-30:]}")
             try:
                 chunks = chunk_file(path, args.chunk_size, args.chunk_overlap)
             except (OSError, UnicodeDecodeError, ValueError) as e:

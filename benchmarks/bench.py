@@ -546,6 +546,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny random model, few inputs")
     p.add_argument("--json", default=None, help="also write the report here")
     args = p.parse_args(argv)
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ and argv is None:
+        # glibc raises its mmap threshold after the first large free, after which freed
+        # activations stay in the heap and later runs reuse them without growing RSS: peak
+        # memory would depend on run order. A fixed threshold returns large blocks at once.
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     if args.smoke:
         args.docs, args.pairs, args.repeat = min(args.docs, 4), min(args.pairs, 4), 1
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
