@@ -8,6 +8,11 @@ from typing import Any
 
 from qwen3_rag.core import Qwen3Embedder, Qwen3Reranker
 
+try:  # pydantic comes with every supported framework (LangChain, LlamaIndex, Chroma)
+    from pydantic import BaseModel, ConfigDict
+except ImportError as e:  # pragma: no cover
+    raise ImportError('pydantic is missing; install an extra: pip install "qwen3-rag[all]"') from e
+
 #: Core options an adapter forwards when it builds the model. The instruction is not among them:
 #: adapters pass it with every call, so it also works with a model built elsewhere.
 EMBEDDER_OPTIONS = (
@@ -83,3 +88,38 @@ def filter_by_threshold(
     if score_threshold is not None:
         ranked = [(i, s) for i, s in ranked if s >= score_threshold]
     return ranked[:top_n] if top_n is not None else ranked
+
+
+class CoreOptions(BaseModel):
+    """Options forwarded to the core runtime when the adapter builds it (None: core default)."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
+
+    device: str | None = None
+    """"cpu", "cuda", "cuda:1", "mps"; None picks the best available."""
+    dtype: str | None = None
+    """"auto", "float32", "bfloat16" or "float16"."""
+    max_length: int | None = None
+    """Tokens per input (default 8192)."""
+    revision: str | None = None
+    """Hub revision to pin."""
+    cache_dir: str | None = None
+    """Hugging Face cache folder."""
+    local_files_only: bool | None = None
+    """Never use the network."""
+    attn_implementation: str | None = None
+    """"sdpa", "eager" or "flash_attention_2"."""
+    batch_tokens: int | None = None
+    """Padded tokens per forward."""
+    max_batch_size: int | None = None
+    """Most inputs per forward."""
+    max_chars: int | None = None
+    """Characters kept per input before tokenizing."""
+    show_progress: bool | None = None
+    """Progress bar: True, False, or None for long jobs only."""
+    compile: bool | None = None
+    """``torch.compile`` the model (GPU throughput jobs)."""
+
+    def core_options(self, allowed: tuple[str, ...]) -> dict[str, Any]:
+        """The options in ``allowed`` that this adapter has as fields."""
+        return {k: getattr(self, k) for k in allowed if k in type(self).model_fields}

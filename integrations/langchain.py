@@ -23,6 +23,7 @@ from qwen3_rag.core import (
 from ._common import (
     EMBEDDER_OPTIONS,
     RERANKER_OPTIONS,
+    CoreOptions,
     build_embedder,
     build_reranker,
     filter_by_threshold,
@@ -34,7 +35,7 @@ try:
     from langchain_core.documents import BaseDocumentCompressor, Document
     from langchain_core.embeddings import Embeddings
     from langchain_core.runnables import Runnable, RunnableLambda
-    from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+    from pydantic import Field, PrivateAttr
 except ImportError as e:  # pragma: no cover - exercised in a clean environment test
     raise missing_extra("langchain-core", "langchain") from e
 
@@ -45,41 +46,7 @@ INSTRUCTION_METADATA_KEY = "qwen3_rerank_instruction"
 __all__ = ["INSTRUCTION_METADATA_KEY", "Qwen3Embeddings", "Qwen3Rerank"]
 
 
-class _CoreOptions(BaseModel):
-    """Options forwarded to the core runtime when the adapter builds it (None: core default)."""
-
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
-
-    device: str | None = None
-    """"cpu", "cuda", "cuda:1", "mps"; None picks the best available."""
-    dtype: str | None = None
-    """"auto", "float32", "bfloat16" or "float16"."""
-    max_length: int | None = None
-    """Tokens per input (default 8192)."""
-    revision: str | None = None
-    """Hub revision to pin."""
-    cache_dir: str | None = None
-    """Hugging Face cache folder."""
-    local_files_only: bool | None = None
-    """Never use the network."""
-    attn_implementation: str | None = None
-    """"sdpa", "eager" or "flash_attention_2"."""
-    batch_tokens: int | None = None
-    """Padded tokens per forward."""
-    max_batch_size: int | None = None
-    """Most inputs per forward."""
-    max_chars: int | None = None
-    """Characters kept per input before tokenizing."""
-    show_progress: bool | None = None
-    """Progress bar: True, False, or None for long jobs only."""
-    compile: bool | None = None
-    """``torch.compile`` the model (GPU throughput jobs)."""
-
-    def _options(self, allowed: tuple[str, ...]) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in allowed if k in type(self).model_fields}
-
-
-class Qwen3Embeddings(_CoreOptions, Embeddings):
+class Qwen3Embeddings(CoreOptions, Embeddings):
     """Qwen3-Embedding as a LangChain ``Embeddings``.
 
     ``embed_query`` adds the task instruction (``Instruct: … Query:``); ``embed_documents``
@@ -102,7 +69,7 @@ class Qwen3Embeddings(_CoreOptions, Embeddings):
 
     def model_post_init(self, context: Any, /) -> None:
         """Build the core embedder (or reuse the one passed as ``model``)."""
-        self._embedder = build_embedder(self.model, self._options(EMBEDDER_OPTIONS))
+        self._embedder = build_embedder(self.model, self.core_options(EMBEDDER_OPTIONS))
 
     @property
     def embedder(self) -> Qwen3Embedder:
@@ -128,7 +95,7 @@ class Qwen3Embeddings(_CoreOptions, Embeddings):
         return await asyncio.to_thread(self.embed_query, text)
 
 
-class Qwen3Rerank(_CoreOptions, BaseDocumentCompressor):
+class Qwen3Rerank(CoreOptions, BaseDocumentCompressor):
     """Qwen3-Reranker as a LangChain document compressor.
 
     Returns copies of the best ``top_n`` documents, best first, each with
@@ -160,7 +127,7 @@ class Qwen3Rerank(_CoreOptions, BaseDocumentCompressor):
 
     def model_post_init(self, context: Any, /) -> None:
         """Build the core reranker (or reuse the one passed as ``model``)."""
-        self._reranker = build_reranker(self.model, self._options(RERANKER_OPTIONS))
+        self._reranker = build_reranker(self.model, self.core_options(RERANKER_OPTIONS))
 
     @property
     def reranker(self) -> Qwen3Reranker:

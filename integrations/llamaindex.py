@@ -23,6 +23,7 @@ from qwen3_rag.core import (
 from ._common import (
     EMBEDDER_OPTIONS,
     RERANKER_OPTIONS,
+    CoreOptions,
     build_embedder,
     build_reranker,
     filter_by_threshold,
@@ -59,11 +60,7 @@ class Qwen3QueryBundle(QueryBundle):
     instruction: str | None = None
 
 
-def _core_options(obj: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
-    return {k: getattr(obj, k) for k in allowed if k in type(obj).model_fields}
-
-
-class Qwen3Embedding(BaseEmbedding):
+class Qwen3Embedding(CoreOptions, BaseEmbedding):
     """Qwen3-Embedding as a LlamaIndex ``BaseEmbedding``.
 
     Queries get the task instruction, texts (documents) never do; vectors are unit length.
@@ -76,26 +73,14 @@ class Qwen3Embedding(BaseEmbedding):
     )
     model_name: str = Field(default="", description="Set from `model`.")
     embed_batch_size: int = Field(default=256, gt=0, description="Texts per core call.")
-    device: str | None = None
-    dtype: str | None = None
-    max_length: int | None = None
     dimensions: int | None = None
     instruction: str | None = Field(default=None, description="Query task; None: model default.")
-    revision: str | None = None
-    cache_dir: str | None = None
-    local_files_only: bool | None = None
-    attn_implementation: str | None = None
-    batch_tokens: int | None = None
-    max_batch_size: int | None = None
-    max_chars: int | None = None
-    show_progress: bool | None = None
-    compile: bool | None = None
 
     _embedder: Qwen3Embedder = PrivateAttr()
 
     def model_post_init(self, context: Any, /) -> None:
         """Build the core embedder (or reuse the one passed as ``model``)."""
-        self._embedder = build_embedder(self.model, _core_options(self, EMBEDDER_OPTIONS))
+        self._embedder = build_embedder(self.model, self.core_options(EMBEDDER_OPTIONS))
         if not self.model_name:
             self.model_name = self._embedder.model_name
 
@@ -128,7 +113,7 @@ class Qwen3Embedding(BaseEmbedding):
         return await asyncio.to_thread(self._get_text_embeddings, texts)
 
 
-class Qwen3Rerank(BaseNodePostprocessor):
+class Qwen3Rerank(CoreOptions, BaseNodePostprocessor):
     """Qwen3-Reranker as a LlamaIndex node postprocessor.
 
     Returns new nodes, best first: ``score`` is the rerank score (P("yes")), the retriever's
@@ -149,25 +134,13 @@ class Qwen3Rerank(BaseNodePostprocessor):
         default=MetadataMode.EMBED, description="Which metadata goes into the scored text."
     )
     keep_retrieval_score: bool = Field(default=True)
-    device: str | None = None
-    dtype: str | None = None
-    max_length: int | None = None
-    revision: str | None = None
-    cache_dir: str | None = None
-    local_files_only: bool | None = None
-    attn_implementation: str | None = None
-    batch_tokens: int | None = None
-    max_batch_size: int | None = None
-    max_chars: int | None = None
-    show_progress: bool | None = None
-    compile: bool | None = None
     share_prefix: bool | None = None
 
     _reranker: Qwen3Reranker = PrivateAttr()
 
     def model_post_init(self, context: Any, /) -> None:
         """Build the core reranker (or reuse the one passed as ``model``)."""
-        self._reranker = build_reranker(self.model, _core_options(self, RERANKER_OPTIONS))
+        self._reranker = build_reranker(self.model, self.core_options(RERANKER_OPTIONS))
 
     @classmethod
     def class_name(cls) -> str:
