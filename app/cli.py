@@ -160,7 +160,35 @@ def open_client(db: str | None, chroma_url: str | None) -> Any:
         raise CliError(f"cannot create the database folder {str(path)!r}: {e.strerror}") from e
     if not os.access(path, os.W_OK | os.X_OK):
         raise CliError(f"the database folder {str(path)!r} is not writable")
+    _lock_folder(path)
     return chromadb.PersistentClient(path=str(path), settings=settings)
+
+
+_held_locks: dict[str, Any] = {}
+
+
+def _lock_folder(path: Path) -> None:
+    """Hold an exclusive lock on an embedded database folder for this process's lifetime.
+
+    Embedded Chroma is single-process: a second process writing the same folder can hang on
+    SQLite's busy timeout or corrupt the index. A second ``qwen3-rag`` on the same folder is
+    refused at once instead; the lock goes when the process exits (also when it is killed).
+    """
+    key = str(path.resolve())
+    if key in _held_locks:
+        return
+    import fcntl
+
+    handle = open(path / ".qwen3-rag.lock", "a+")  # noqa: SIM115 - kept open to hold the lock
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        handle.close()
+        raise CliError(
+            f"the database folder {key!r} is in use by another qwen3-rag process; "
+            "wait for it, or use a Chroma server (--chroma-url) for concurrent access"
+        ) from e
+    _held_locks[key] = handle
 
 
 def stored_config(client: Any, name: str) -> dict[str, Any] | None:

@@ -151,3 +151,44 @@ def test_missing_framework_gives_the_install_hint(module, framework, extra):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert f'pip install "qwen3-rag[{extra}]"' in out.stdout
+
+
+def test_reopening_without_the_plugin_fails_instead_of_falling_back(tmp_path, ef):
+    """reliability.md case 36: never a silent switch to Chroma's default MiniLM function."""
+    col = open_collection(chromadb.PersistentClient(str(tmp_path)), "docs", ef)
+    col.add(ids=["a"], documents=["alpha"])
+    code = textwrap.dedent(
+        """
+        import sys, chromadb
+        col = chromadb.PersistentClient(sys.argv[1]).get_collection("docs")
+        try:
+            col.query(query_texts=["alpha"], n_results=1)
+        except ValueError as e:
+            print("refused:", e)
+        else:
+            print("answered without qwen3_rag")
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert "refused:" in out.stdout and "qwen3_rag" in out.stdout
+
+
+def test_registration_is_unique_and_idempotent():
+    """reliability.md case 39: our name is ours alone, and re-registering changes nothing."""
+    import importlib
+
+    from chromadb.utils import embedding_functions as chroma_efs
+
+    import qwen3_rag.integrations.chroma as module
+
+    assert chroma_efs.known_embedding_functions["qwen3_rag"] is module.Qwen3EmbeddingFunction
+    others = {
+        name
+        for name, cls in chroma_efs.known_embedding_functions.items()
+        if cls is not module.Qwen3EmbeddingFunction
+    }
+    assert "qwen3_rag" not in others
+    reloaded = importlib.reload(module)
+    assert chroma_efs.known_embedding_functions["qwen3_rag"] is reloaded.Qwen3EmbeddingFunction

@@ -375,3 +375,31 @@ def test_demo_apps_run_end_to_end(script, tmp_path, models):
         out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
         assert out.returncode == 0, out.stderr
         assert ".md" in out.stdout or ".txt" in out.stdout
+
+
+def test_second_process_on_the_same_folder_is_refused(corpus, tmp_path, models):
+    """reliability.md case 43: embedded Chroma is single-process."""
+    import fcntl
+
+    db = tmp_path / "db"
+    db.mkdir()
+    with open(db / ".qwen3-rag.lock", "a+") as holder:  # another qwen3-rag holds the folder
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        exe = Path(sys.executable).with_name("qwen3-rag")
+        out = subprocess.run(
+            [
+                str(exe),
+                "index",
+                str(corpus),
+                "--db",
+                str(db),
+                "--embedding-model",
+                models["embed"],
+                "-q",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert out.returncode == 2
+    assert "in use by another qwen3-rag process" in out.stderr and "Traceback" not in out.stderr
