@@ -70,7 +70,7 @@ class Qwen3Reranker(Qwen3Runtime):
         max_chars: Characters kept per pair body before tokenizing (None: ``64 * max_length``).
         show_progress: Show a progress bar; None shows one for long jobs only.
         share_prefix: Reuse the shared prefix's key/value cache across documents.
-        compile: ``torch.compile`` the model (GPU throughput jobs: about 2x at 512 tokens on an
+        compile: ``torch.compile`` the model (GPU throughput jobs: 1.7-1.8x at 512 tokens on an
             H100; the first calls take a minute to compile). Results match within dtype noise.
         trust_remote_code: Refused when True; present only to say so clearly.
 
