@@ -127,8 +127,6 @@ class Qwen3Embedder(Qwen3Runtime):
         return LoadedModel(
             key=key,
             model=model,
-            device=self.device,
-            dtype=self.dtype,
             extras={
                 "tokenizer": tokenizer,
                 "eos_id": eos_id,

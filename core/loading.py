@@ -200,8 +200,6 @@ class LoadedModel:
 
     key: tuple[Any, ...]
     model: torch.nn.Module
-    device: torch.device
-    dtype: torch.dtype
     extras: dict[str, Any] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: Token budget that last worked after an out-of-memory retry (None: never reduced).

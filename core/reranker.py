@@ -156,8 +156,6 @@ class Qwen3Reranker(Qwen3Runtime):
         return LoadedModel(
             key=key,
             model=backbone,
-            device=self.device,
-            dtype=self.dtype,
             extras={
                 "tokenizer": tokenizer,
                 "head": head,
