@@ -16,16 +16,30 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def plan_batches(lengths: Sequence[int], token_budget: int, max_rows: int) -> list[list[int]]:
-    """Group indices into batches whose padded size stays within ``token_budget`` tokens.
+def batch_cost(lengths: Sequence[int], packed: bool) -> int:
+    """Tokens a forward over inputs of these lengths computes: padded or packed.
+
+    Example:
+        >>> batch_cost([5, 3, 2], packed=False), batch_cost([5, 3, 2], packed=True)
+        (15, 10)
+    """
+    return sum(lengths) if packed else len(lengths) * max(lengths, default=0)
+
+
+def plan_batches(
+    lengths: Sequence[int], token_budget: int, max_rows: int, packed: bool = False
+) -> list[list[int]]:
+    """Group indices into batches whose computed size stays within ``token_budget`` tokens.
 
     Indices are taken longest first, so each batch holds inputs of similar length and padding
     stays small. A single input longer than the budget gets a batch of its own.
 
     Args:
         lengths: Token count of each input.
-        token_budget: Maximum ``rows × longest row`` per batch.
+        token_budget: Maximum :func:`batch_cost` per batch.
         max_rows: Maximum rows per batch, whatever the budget.
+        packed: Whether the batch runs packed (cost: the sum of lengths) or padded
+            (cost: ``rows × longest row``).
 
     Returns:
         Lists of indices into ``lengths``; every index appears exactly once.
@@ -33,17 +47,24 @@ def plan_batches(lengths: Sequence[int], token_budget: int, max_rows: int) -> li
     Example:
         >>> plan_batches([5, 100, 7, 98], token_budget=200, max_rows=8)
         [[1, 3], [2, 0]]
+        >>> plan_batches([5, 100, 7, 98], token_budget=200, max_rows=8, packed=True)
+        [[1, 3], [2, 0]]
+        >>> plan_batches([5, 90, 7, 98], token_budget=195, max_rows=8, packed=True)
+        [[3, 1, 2], [0]]
     """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
     current: list[int] = []
+    total = 0
     for i in order:
         # Sorted descending, so the first row of a batch is its longest.
         longest = lengths[current[0]] if current else lengths[i]
-        if current and ((len(current) + 1) * longest > token_budget or len(current) >= max_rows):
+        cost = total + lengths[i] if packed else (len(current) + 1) * longest
+        if current and (cost > token_budget or len(current) >= max_rows):
             batches.append(current)
-            current = []
+            current, total = [], 0
         current.append(i)
+        total += lengths[i]
     if current:
         batches.append(current)
     return batches

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .loading import DeviceLike, DTypeLike, LoadedModel, from_pretrained_kwargs
+from .packing import pack, packed_model_kwargs
 from .pooling import last_token_pool, truncate_and_normalize
 from .prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_TASK, EMBEDDING_EOS_TOKEN, format_query
 from .runtime import Qwen3Runtime, check_instruction, check_texts
@@ -120,7 +121,7 @@ class Qwen3Embedder(Qwen3Runtime):
 
         eos_id = tokenizer.token_id(EMBEDDING_EOS_TOKEN)
         model = AutoModel.from_pretrained(
-            self.model_dir, **from_pretrained_kwargs(self.dtype, self.attn_implementation)
+            self.model_dir, **from_pretrained_kwargs(self.dtype, self._load_attn_implementation)
         )
         model.to(self.device).eval()
         model.requires_grad_(False)
@@ -196,12 +197,24 @@ class Qwen3Embedder(Qwen3Runtime):
         return [[*row[:keep], eos] for row in ids], truncated
 
     def _forward(self, ids: list[list[int]], batch: list[int]) -> list[torch.Tensor]:
-        input_ids, mask = self._left_pad([ids[i] for i in batch])
+        rows = [ids[i] for i in batch]
         model = self._loaded.model
-        # inference_mode is thread-local, so it is entered here, in the thread that runs.
-        with self._lock, torch.inference_mode():
-            # All rows the same length: no mask, so SDPA can take its unmasked causal kernel.
-            attn = None if bool(mask.all()) else mask
-            hidden = model(input_ids=input_ids, attention_mask=attn, use_cache=False)
-            pooled = last_token_pool(hidden.last_hidden_state, mask).float()
+        if self._packed:
+            input_ids, positions, segments = pack(rows, self.device)
+            # inference_mode is thread-local, so it is entered here, in the thread that runs.
+            with self._lock, torch.inference_mode():
+                hidden = model(
+                    input_ids=input_ids,
+                    position_ids=positions,
+                    use_cache=False,
+                    **packed_model_kwargs(segments),
+                ).last_hidden_state[0]
+                pooled = hidden[segments.last_positions].float()
+        else:
+            input_ids, mask = self._left_pad(rows)
+            with self._lock, torch.inference_mode():
+                # All rows the same length: no mask, so SDPA can take its unmasked causal kernel.
+                attn = None if bool(mask.all()) else mask
+                out = model(input_ids=input_ids, attention_mask=attn, use_cache=False)
+                pooled = last_token_pool(out.last_hidden_state, mask).float()
         return list(truncate_and_normalize(pooled, self.dimensions).unbind(0))

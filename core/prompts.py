@@ -47,7 +47,7 @@ def format_query(query: str, task: str) -> str:
 
     Example:
         >>> format_query("what is RAG?", "Find answers")
-        'Instruct: Find answers\\nQuery:what is RAG?'
+        'Instruct: Find answers\nQuery:what is RAG?'
         >>> format_query("what is RAG?", "")
         'what is RAG?'
     """
@@ -63,6 +63,6 @@ def format_rerank_body(query: str, document: str, instruction: str) -> str:
 
     Example:
         >>> format_rerank_body("q", "d", "t")
-        '<Instruct>: t\\n<Query>: q\\n<Document>: d'
+        '<Instruct>: t\n<Query>: q\n<Document>: d'
     """
     return RERANK_BODY_TEMPLATE.format(instruction=instruction, query=query, document=document)

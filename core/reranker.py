@@ -11,6 +11,7 @@ import torch
 
 from .errors import ModelLoadError, OutOfMemoryError
 from .loading import DeviceLike, DTypeLike, LoadedModel, from_pretrained_kwargs
+from .packing import pack, packed_model_kwargs
 from .pooling import yes_no_score
 from .prompts import (
     DEFAULT_RERANKER_MODEL,
@@ -143,7 +144,7 @@ class Qwen3Reranker(Qwen3Runtime):
                     "so the yes/no score is undefined; is this a Qwen3-Reranker checkpoint?"
                 )
         causal = AutoModelForCausalLM.from_pretrained(
-            self.model_dir, **from_pretrained_kwargs(self.dtype, self.attn_implementation)
+            self.model_dir, **from_pretrained_kwargs(self.dtype, self._load_attn_implementation)
         )
         weight = causal.get_output_embeddings().weight
         # One float32 row replaces the 151,669-row LM head; built from the checkpoint's own
@@ -278,8 +279,22 @@ class Qwen3Reranker(Qwen3Runtime):
         self, seqs: list[list[int]], shared: int, cache: Any, batch: list[int]
     ) -> list[torch.Tensor]:
         rows = [seqs[i][shared:] for i in batch]
-        input_ids, mask = self._left_pad(rows)
         model = self._loaded.model
+        if self._packed:
+            # Each row continues the cached prefix (if any): positions start after it.
+            input_ids, positions, segments = pack(rows, self.device, first_position=shared)
+            with self._lock, torch.inference_mode():
+                out = model(
+                    input_ids=input_ids,
+                    position_ids=positions,
+                    past_key_values=cache,
+                    use_cache=cache is not None,
+                    **packed_model_kwargs(segments),
+                )
+                hidden = out.last_hidden_state[0, segments.last_positions].float()
+                scores = yes_no_score(hidden, self._loaded.extras["head"])
+            return list(scores.unbind(0))
+        input_ids, mask = self._left_pad(rows)
         with self._lock, torch.inference_mode():
             if cache is None:
                 attn = None if bool(mask.all()) else mask

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .batching import plan_batches, run_with_oom_backoff
+from .batching import batch_cost, plan_batches, run_with_oom_backoff
 from .errors import NonFiniteOutputError
 from .loading import (
     DeviceLike,
@@ -27,6 +27,7 @@ from .loading import (
     resolve_dtype,
     resolve_model_dir,
 )
+from .packing import register_packed_sdpa
 from .tokenization import SafeTokenizer
 
 logger = logging.getLogger(__name__)
@@ -144,6 +145,12 @@ class Qwen3Runtime:
             bool(compile),
         )
         self.compile = bool(compile)
+        # Packed batches (no padding, see packing.py) are measured on CPUs: 15-20% faster on
+        # mixed-length prose. GPUs keep padded batches until the per-input attention loop is
+        # measured there; compiled models keep them too, as each new packing would recompile.
+        # The choice follows from the registry key, so every sharer agrees on it.
+        self._packed = self.device.type == "cpu" and self.attn_implementation == "sdpa"
+        self._packed = self._packed and not self.compile
         self._loaded: LoadedModel = get_or_load(key, lambda: self._load(key))
 
     # -- loading ---------------------------------------------------------------------------
@@ -169,6 +176,11 @@ class Qwen3Runtime:
         raise NotImplementedError
 
     @property
+    def _load_attn_implementation(self) -> str:
+        """What ``from_pretrained`` gets: SDPA with packing support, or the resolved kernel."""
+        return register_packed_sdpa() if self._packed else self.attn_implementation
+
+    @property
     def tokenizer(self) -> SafeTokenizer:
         """The tokenizer pair this model uses (shared, read-only)."""
         tok: SafeTokenizer = self._loaded.extras["tokenizer"]
@@ -181,7 +193,7 @@ class Qwen3Runtime:
 
     @property
     def batch_tokens(self) -> int:
-        """Padded tokens per forward; lowered for good after an out-of-memory retry."""
+        """Tokens computed per forward (padding included); lowered after an out-of-memory retry."""
         reduced = self._loaded.reduced_budget
         return min(self._batch_tokens, reduced) if reduced else self._batch_tokens
 
@@ -208,7 +220,7 @@ class Qwen3Runtime:
         desc: str,
     ) -> list[T]:
         """Run ``run`` over token-budget batches and return results in input order."""
-        batches = plan_batches(lengths, self.batch_tokens, self.max_batch_size)
+        batches = plan_batches(lengths, self.batch_tokens, self.max_batch_size, self._packed)
         show = (
             self.show_progress
             if self.show_progress is not None
@@ -218,10 +230,10 @@ class Qwen3Runtime:
         loaded = self._loaded
 
         def remember(rows: int) -> None:
-            # Batches are sorted longest first, so ``rows`` rows of the longest input bound
-            # the half that is retried next; that many padded tokens becomes the budget.
-            longest = max(lengths[i] for i in batch)
-            budget = max(1, rows * longest)
+            # The ``rows`` longest inputs of the batch bound the half that is retried next;
+            # what they cost becomes the budget.
+            longest = sorted((lengths[i] for i in batch), reverse=True)[:rows]
+            budget = max(1, batch_cost(longest, self._packed))
             loaded.reduced_budget = min(loaded.reduced_budget or budget, budget)
 
         advice = self._oom_advice()

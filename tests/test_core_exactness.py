@@ -32,6 +32,19 @@ def rerank_ref(reranker_path):
     return ReferenceReranker(reranker_path, MAX_LEN)
 
 
+#: How batches reach the model. CPU + SDPA packs inputs into one row ("packed"); GPUs run
+#: left-padded SDPA batches, forced here on the CPU ("padded"); "eager" is padded too.
+LAYOUTS = ["packed", "padded", "eager"]
+
+
+def _with_layout(cls, path, layout, **kwargs):
+    model = cls(path, attn_implementation="eager" if layout == "eager" else None, **kwargs)
+    assert model._packed == (layout != "eager")
+    if layout == "padded":
+        model._packed = False  # the GPU code path, on the same packing-capable model
+    return model
+
+
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
@@ -42,12 +55,15 @@ def test_reference_tokenizer_variants_differ_only_in_the_post_processor(embed_pa
     assert ids[-1] == EOD_ID and ids.count(EOD_ID) == 1
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dimensions", [None, 32, 48])
 @pytest.mark.parametrize(("batch_tokens", "max_batch_size"), [(100_000, 64), (256, 3), (1, 1)])
-def test_documents_match_the_card(embed_pair, dimensions, batch_tokens, max_batch_size):
+def test_documents_match_the_card(embed_pair, dimensions, batch_tokens, max_batch_size, layout):
     path, ref = embed_pair
-    emb = Qwen3Embedder(
+    emb = _with_layout(
+        Qwen3Embedder,
         path,
+        layout,
         max_length=MAX_LEN,
         dimensions=dimensions,
         batch_tokens=batch_tokens,
@@ -135,14 +151,17 @@ DOCS = [
 ]
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("share_prefix", [True, False])
 @pytest.mark.parametrize(("batch_tokens", "max_batch_size"), [(100_000, 64), (128, 3), (1, 1)])
 @pytest.mark.parametrize("instruction", INSTRUCTIONS)
 def test_scores_match_the_card(
-    reranker_path, rerank_ref, share_prefix, batch_tokens, max_batch_size, instruction
+    reranker_path, rerank_ref, share_prefix, batch_tokens, max_batch_size, instruction, layout
 ):
-    rr = Qwen3Reranker(
+    rr = _with_layout(
+        Qwen3Reranker,
         reranker_path,
+        layout,
         max_length=MAX_LEN,
         share_prefix=share_prefix,
         batch_tokens=batch_tokens,

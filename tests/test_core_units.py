@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import doctest
+import importlib
 import json
 import logging
 import shutil
@@ -25,6 +27,7 @@ from qwen3_rag import (
 )
 from qwen3_rag.core import prompts
 from qwen3_rag.core.batching import plan_batches
+from qwen3_rag.core.packing import Segments, pack, packed_sdpa
 from qwen3_rag.core.pooling import last_token_pool, truncate_and_normalize, yes_no_score
 
 from reference import EOD_ID, ReferenceReranker
@@ -133,6 +136,114 @@ def test_plan_batches_covers_every_index_once_within_budget():
 
 def test_plan_batches_gives_an_oversized_input_its_own_batch():
     assert plan_batches([5000, 10, 10], token_budget=100, max_rows=8) == [[0], [1, 2]]
+
+
+def test_packed_plan_bounds_the_sum_of_lengths_and_fills_batches():
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(1, 300, size=200).tolist()
+    batches = plan_batches(lengths, token_budget=1000, max_rows=16, packed=True)
+    assert sorted(i for b in batches for i in b) == list(range(200))
+    for b in batches:
+        assert len(b) <= 16
+        assert len(b) == 1 or sum(lengths[i] for i in b) <= 1000
+    # Packing wastes nothing on padding, so it needs fewer forwards than padding would.
+    assert len(batches) < len(plan_batches(lengths, token_budget=1000, max_rows=16))
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["batching", "packing", "pooling", "prompts", "tokenization", "loading", "runtime"],
+)
+def test_docstring_examples_run(module):
+    mod = importlib.import_module(f"qwen3_rag.core.{module}")
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
+
+
+# -- packed attention ----------------------------------------------------------------------
+
+
+class _Heads(torch.nn.Module):
+    """What transformers' SDPA reads from an attention module: the GQA group count."""
+
+    num_key_value_groups = 2
+    is_causal = True
+    training = False
+
+
+def _naive_attention(q, k, v, scale, visible):
+    """softmax(q k^T * scale) v over the keys ``visible(i, j)`` allows, heads repeated for GQA."""
+    heads, kv_heads = q.shape[0], k.shape[0]
+    k = k.repeat_interleave(heads // kv_heads, dim=0)
+    v = v.repeat_interleave(heads // kv_heads, dim=0)
+    scores = torch.einsum("hid,hjd->hij", q.double(), k.double()) * scale
+    allowed = torch.tensor([[visible(i, j) for j in range(k.shape[1])] for i in range(q.shape[1])])
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    return torch.einsum("hij,hjd->hid", scores.softmax(-1), v.double())
+
+
+@pytest.mark.parametrize("prefix", [0, 5])
+def test_packed_attention_stays_inside_each_input(prefix):
+    torch.manual_seed(0)
+    lengths, heads, kv_heads, dim = [4, 1, 7, 3], 4, 2, 8
+    total = sum(lengths)
+    q = torch.randn(1, heads, total, dim)
+    k = torch.randn(1, kv_heads, prefix + total, dim)
+    v = torch.randn(1, kv_heads, prefix + total, dim)
+    _, _, segments = pack([[0] * n for n in lengths], torch.device("cpu"), prefix)
+    out, weights = packed_sdpa(
+        _Heads(), q, k, v, None, scaling=0.3, **{"qwen3_rag_segments": segments}
+    )
+    assert weights is None and out.shape == (1, total, heads, dim)
+    for start, end in segments.bounds:
+        keys = torch.cat([k[0, :, :prefix], k[0, :, prefix + start : prefix + end]], dim=1)
+        values = torch.cat([v[0, :, :prefix], v[0, :, prefix + start : prefix + end]], dim=1)
+        want = _naive_attention(
+            q[0, :, start:end], keys, values, 0.3, lambda i, j: j < prefix or j - prefix <= i
+        )
+        got = out[0, start:end].transpose(0, 1).double()
+        assert torch.allclose(got, want, atol=1e-5), (start, end)
+
+
+def test_packed_attention_refuses_a_mask_or_several_rows():
+    q = k = v = torch.randn(1, 2, 3, 4)
+    seg = Segments(((0, 3),))
+    with pytest.raises(ValueError, match="packed row"):
+        packed_sdpa(
+            _Heads(), q, k, v, torch.ones(1, 1, 3, 3, dtype=torch.bool), qwen3_rag_segments=seg
+        )
+    with pytest.raises(ValueError, match="packed row"):
+        packed_sdpa(_Heads(), q.expand(2, -1, -1, -1), k, v, None, qwen3_rag_segments=seg)
+
+
+def test_cpu_batches_reach_the_model_packed_without_padding(embed_eos_path, reranker_path):
+    texts = ["a", "a much longer document with many more tokens than the first one", "mid text"]
+    seen: list[tuple[int, ...]] = []
+
+    def spy(_module, args, kwargs):
+        seen.append(tuple((kwargs.get("input_ids") if "input_ids" in kwargs else args[0]).shape))
+
+    emb = Qwen3Embedder(embed_eos_path, max_length=64)
+    handle = emb._loaded.model.register_forward_pre_hook(spy, with_kwargs=True)
+    try:
+        emb.embed_documents(texts)
+    finally:
+        handle.remove()
+    assert seen == [(1, sum(len(ids) for ids in emb.encode_ids(texts)))]
+
+    rr = Qwen3Reranker(reranker_path, max_length=256)
+    seen.clear()
+    handle = rr._loaded.model.register_forward_pre_hook(spy, with_kwargs=True)
+    try:
+        rr.score("query", texts)
+    finally:
+        handle.remove()
+    pairs = rr.encode_ids("query", texts)
+    shared = 0
+    while all(p[shared] == pairs[0][shared] for p in pairs):
+        shared += 1
+    # The shared prefix runs once, then the rest of every pair in one packed row.
+    assert seen == [(1, shared), (1, sum(len(p) - shared for p in pairs))]
 
 
 # -- tokenization safety -------------------------------------------------------------------
