@@ -37,7 +37,8 @@ class Qwen3Embedder(Qwen3Runtime):
         local_files_only: Never use the network.
         attn_implementation: "sdpa", "eager" or "flash_attention_2"; None picks FA2 on CUDA
             when installed, else SDPA.
-        batch_tokens: Padded tokens per forward; None picks a device default.
+        batch_tokens: Tokens per forward (CPU batches are packed, GPU batches padded, padding
+            counted); None picks a device default.
         max_batch_size: Most inputs per forward.
         max_chars: Characters kept per input before tokenizing (None: ``64 * max_length``).
         show_progress: Show a progress bar; None shows one for long jobs only.

@@ -110,7 +110,7 @@ class CoreOptions(BaseModel):
     attn_implementation: str | None = None
     """"sdpa", "eager" or "flash_attention_2"."""
     batch_tokens: int | None = None
-    """Padded tokens per forward."""
+    """Tokens per forward, padding counted (CPU batches are packed)."""
     max_batch_size: int | None = None
     """Most inputs per forward."""
     max_chars: int | None = None
