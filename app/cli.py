@@ -102,11 +102,14 @@ def read_text(path: Path) -> list[tuple[str, dict[str, Any]]]:
     if path.suffix.lower() == ".pdf":
         from pypdf import PdfReader
 
-        reader = PdfReader(str(path))
-        return [
-            (page.extract_text() or "", {"page": number})
-            for number, page in enumerate(reader.pages, start=1)
-        ]
+        try:
+            reader = PdfReader(str(path))
+            return [
+                (page.extract_text() or "", {"page": number})
+                for number, page in enumerate(reader.pages, start=1)
+            ]
+        except Exception as e:  # pypdf raises many types (KeyError, struct.error...) on damage
+            raise ValueError(f"cannot read this PDF: {type(e).__name__}: {e}") from e
     return [(path.read_text(encoding="utf-8"), {})]
 
 
@@ -282,11 +285,6 @@ def cmd_index(args: argparse.Namespace) -> int:
                 chunks = chunk_file(path, args.chunk_size, args.chunk_overlap)
             except (OSError, UnicodeDecodeError, ValueError) as e:
                 logger.warning("skipped %s: %s", path, e)
-                stats.skipped += 1
-                bar.update(1)
-                continue
-            except Exception as e:  # pypdf raises its own error types on damaged PDFs
-                logger.warning("skipped %s: %s: %s", path, type(e).__name__, e)
                 stats.skipped += 1
                 bar.update(1)
                 continue
@@ -472,7 +470,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     with _log_to_stderr():
         try:
             return int(args.func(args))
-        except (CliError, ModelLoadError, Qwen3RagError, ValueError, TypeError) as e:
+        # ValueError is what the runtime raises for a bad option value (a --dimensions out of
+        # range, an unknown --device), so it is the user's to fix; anything else is a bug and
+        # keeps its traceback.
+        except (CliError, ModelLoadError, Qwen3RagError, ValueError) as e:
             logger.error("%s", e)
             return 2
         except KeyboardInterrupt:

@@ -176,6 +176,7 @@ def test_query_json_is_sorted_with_sources(capsys, corpus, tmp_path, models):
             "cannot reach the Chroma server",
         ),
         (["index", "{corpus}", "--chroma-url", "ftp://x"], "--chroma-url"),
+        (["index", "{corpus}", "--dimensions", "7"], "dimensions=7 is out of range"),
     ],
 )
 def test_clear_errors_without_tracebacks(capsys, corpus, tmp_path, models, argv, message):
@@ -188,6 +189,26 @@ def test_clear_errors_without_tracebacks(capsys, corpus, tmp_path, models, argv,
     code, _, err = run_cli(capsys, *argv)
     assert code == 2
     assert message in err and "Traceback" not in err
+
+
+def test_a_bug_keeps_its_traceback(corpus, tmp_path, models, monkeypatch):
+    from qwen3_rag import cli
+
+    def broken(path, chunk_size, chunk_overlap):
+        raise TypeError("a programming error")
+
+    monkeypatch.setattr(cli, "chunk_file", broken)
+    with pytest.raises(TypeError, match="a programming error"):
+        cli.main(
+            [
+                "index",
+                str(corpus),
+                "--db",
+                str(tmp_path / "db"),
+                "--embedding-model",
+                models["embed"],
+            ]
+        )
 
 
 def test_unwritable_db_is_refused_with_its_path(capsys, corpus, tmp_path, models):
