@@ -191,24 +191,16 @@ def test_clear_errors_without_tracebacks(capsys, corpus, tmp_path, models, argv,
     assert message in err and "Traceback" not in err
 
 
-def test_a_bug_keeps_its_traceback(corpus, tmp_path, models, monkeypatch):
+def test_a_bug_keeps_its_traceback(capsys, corpus, tmp_path, models, monkeypatch):
     from qwen3_rag import cli
 
     def broken(path, chunk_size, chunk_overlap):
         raise TypeError("a programming error")
 
     monkeypatch.setattr(cli, "chunk_file", broken)
+    db = str(tmp_path / "db")
     with pytest.raises(TypeError, match="a programming error"):
-        cli.main(
-            [
-                "index",
-                str(corpus),
-                "--db",
-                str(tmp_path / "db"),
-                "--embedding-model",
-                models["embed"],
-            ]
-        )
+        run_cli(capsys, "index", str(corpus), "--db", db, "--embedding-model", models["embed"])
 
 
 def test_unwritable_db_is_refused_with_its_path(capsys, corpus, tmp_path, models):
