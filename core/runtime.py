@@ -150,8 +150,9 @@ class Qwen3Runtime:
         # mixed-length prose. GPUs keep padded batches until the per-input attention loop is
         # measured there; compiled models keep them too, as each new packing would recompile.
         # The choice follows from the registry key, so every sharer agrees on it.
-        self._packed = self.device.type == "cpu" and self.attn_implementation == "sdpa"
-        self._packed = self._packed and not self.compile
+        self._packed = (
+            self.device.type == "cpu" and self.attn_implementation == "sdpa" and not self.compile
+        )
         self._loaded: LoadedModel = get_or_load(key, lambda: self._load(key))
 
     # -- loading ---------------------------------------------------------------------------
