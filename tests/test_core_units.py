@@ -377,6 +377,16 @@ def test_non_qwen3_config_is_refused(tmp_path, embed_eos_path):
         Qwen3Embedder(str(folder))
 
 
+def test_transformers_floor_is_one_fact_in_three_places():
+    # pyproject declares it, the runtime enforces it, `make test-floor` tests exactly it.
+    from qwen3_rag.core.loading import MIN_TRANSFORMERS
+
+    root = Path(__file__).resolve().parents[1]
+    floor = ".".join(map(str, MIN_TRANSFORMERS))
+    assert f'"transformers>={floor}"' in (root / "pyproject.toml").read_text()
+    assert f"TRANSFORMERS_FLOOR ?= transformers=={floor}.0" in (root / "Makefile").read_text()
+
+
 def test_too_old_transformers_is_named_before_loading(tmp_path, embed_eos_path, monkeypatch):
     import transformers
 
