@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the random-checkpoint builder lives w
 sys.path.insert(0, str(ROOT / "examples"))
 
 from qwen3_rag import Qwen3Embedder, Qwen3Reranker  # noqa: E402
-from qwen3_rag.core import prompts  # noqa: E402
+from qwen3_rag.core import spec as prompts  # noqa: E402
 
 from _common import paragraphs  # noqa: E402
 from tiny_models import OFFICIAL_0_6B, build_checkpoint  # noqa: E402

@@ -5,21 +5,23 @@ from __future__ import annotations
 if __name__ != "qwen3_rag.core":  # pragma: no cover - only reached through a wrong sys.path
     raise ImportError("this folder installs as 'qwen3_rag.core'; import it under that name")
 
+from .config import EmbedderConfig, RerankerConfig, RuntimeConfig
 from .embedder import Qwen3Embedder
 from .errors import ModelLoadError, NonFiniteOutputError, OutOfMemoryError, Qwen3RagError
-from .prompts import (
+from .reranker import Qwen3Reranker, RerankResult
+from .spec import (
     DEFAULT_EMBEDDING_MODEL,
     DEFAULT_RERANKER_MODEL,
     DEFAULT_TASK,
     format_query,
     format_rerank_body,
 )
-from .reranker import Qwen3Reranker, RerankResult
 
 __all__ = [
     "DEFAULT_EMBEDDING_MODEL",
     "DEFAULT_RERANKER_MODEL",
     "DEFAULT_TASK",
+    "EmbedderConfig",
     "ModelLoadError",
     "NonFiniteOutputError",
     "OutOfMemoryError",
@@ -27,6 +29,8 @@ __all__ = [
     "Qwen3RagError",
     "Qwen3Reranker",
     "RerankResult",
+    "RerankerConfig",
+    "RuntimeConfig",
     "format_query",
     "format_rerank_body",
 ]

@@ -8,11 +8,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .loading import DeviceLike, DTypeLike, LoadedModel, from_pretrained_kwargs
+from .config import EmbedderConfig
+from .loading import LoadedModel, from_pretrained_kwargs
 from .packing import pack, packed_model_kwargs
 from .pooling import last_token_pool, truncate_and_normalize
-from .prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_TASK, EMBEDDING_EOS_TOKEN, format_query
-from .runtime import Qwen3Runtime, check_instruction, check_texts
+from .runtime import Qwen3Runtime, check_instruction, check_texts, make_config
+from .spec import DEFAULT_EMBEDDING_MODEL, EMBEDDING_EOS_TOKEN, MIN_DIMENSIONS, format_query
 from .tokenization import SafeTokenizer
 
 
@@ -25,30 +26,15 @@ class Qwen3Embedder(Qwen3Runtime):
 
     Args:
         model: Hub id or local folder of a Qwen3-Embedding checkpoint (safetensors).
-        device: "cpu", "cuda", "cuda:1", "mps", a ``torch.device``, or None for the best one.
-        dtype: "auto" (bfloat16 on CUDA, float32 on CPU), "float32", "bfloat16", "float16", or a
-            ``torch.dtype``.
-        max_length: Tokens per input, the final ``<|endoftext|>`` included; longer inputs are
-            cut (with a warning), keeping the EOS.
-        dimensions: Output size (MRL), 32 up to the hidden size; None keeps all.
-        instruction: Default task description for queries; ``""`` means no instruction.
-        revision: Hub revision (pin a commit in production).
-        cache_dir: Hugging Face cache folder.
-        local_files_only: Never use the network.
-        attn_implementation: "sdpa", "eager" or "flash_attention_2"; None picks FA2 on CUDA
-            when installed, else SDPA.
-        batch_tokens: Tokens per forward (CPU batches are packed, GPU batches padded, padding
-            counted); None picks a device default.
-        max_batch_size: Most inputs per forward.
-        max_chars: Characters kept per input before tokenizing (None: ``64 * max_length``).
-        show_progress: Show a progress bar; None shows one for long jobs only.
-        compile: ``torch.compile`` the model (GPU throughput jobs: 1.7-1.8x at 512 tokens on an
-            H100; the first calls take a minute to compile). Results match within dtype noise.
-        trust_remote_code: Refused when True; present only to say so clearly.
+        config: A :class:`~qwen3_rag.core.EmbedderConfig`; keyword ``options`` override its fields.
+        **options: Any field of :class:`~qwen3_rag.core.EmbedderConfig` (``device``, ``dtype``,
+            ``max_length``, ``instruction``, ...), where each option is documented once.
+            ``trust_remote_code=True`` is refused.
 
     Raises:
         ModelLoadError: If the model cannot be found or is not a safe Qwen3 checkpoint.
         ValueError: For an invalid option (the message names it).
+        TypeError: For an unknown option.
 
     Example:
         >>> emb = Qwen3Embedder("Qwen/Qwen3-Embedding-0.6B")  # doctest: +SKIP
@@ -64,53 +50,19 @@ class Qwen3Embedder(Qwen3Runtime):
         self,
         model: str | os.PathLike[str] = DEFAULT_EMBEDDING_MODEL,
         *,
-        device: DeviceLike = None,
-        dtype: DTypeLike = "auto",
-        max_length: int = 8192,
-        dimensions: int | None = None,
-        instruction: str = DEFAULT_TASK,
-        revision: str | None = None,
-        cache_dir: str | os.PathLike[str] | None = None,
-        local_files_only: bool = False,
-        attn_implementation: str | None = None,
-        batch_tokens: int | None = None,
-        max_batch_size: int = 64,
-        max_chars: int | None = None,
-        show_progress: bool | None = None,
-        compile: bool = False,
-        trust_remote_code: bool = False,
+        config: EmbedderConfig | None = None,
+        **options: Any,
     ) -> None:
-        self.instruction = check_instruction(instruction)
-        if dimensions is not None and (
-            isinstance(dimensions, bool) or not isinstance(dimensions, int)
-        ):
-            raise ValueError(f"dimensions must be an int or None, got {dimensions!r}")
-        if isinstance(max_length, int) and not isinstance(max_length, bool) and max_length < 2:
+        cfg = make_config(EmbedderConfig, config, options)
+        self.instruction = cfg.instruction
+        super().__init__(model, cfg)
+        self.config: EmbedderConfig = cfg
+        if cfg.dimensions is not None and cfg.dimensions > self.hidden_size:
             raise ValueError(
-                f"max_length must be at least 2 (text + <|endoftext|>), got {max_length}"
+                f"dimensions={cfg.dimensions} is out of range: this model supports "
+                f"{MIN_DIMENSIONS} to {self.hidden_size}"
             )
-        super().__init__(
-            model,
-            device=device,
-            dtype=dtype,
-            max_length=max_length,
-            revision=revision,
-            cache_dir=cache_dir,
-            local_files_only=local_files_only,
-            attn_implementation=attn_implementation,
-            batch_tokens=batch_tokens,
-            max_batch_size=max_batch_size,
-            max_chars=max_chars,
-            show_progress=show_progress,
-            trust_remote_code=trust_remote_code,
-            compile=compile,
-        )
-        if dimensions is not None and not 32 <= dimensions <= self.hidden_size:
-            raise ValueError(
-                f"dimensions={dimensions} is out of range: this model supports 32 to "
-                f"{self.hidden_size}"
-            )
-        self.dimensions = dimensions
+        self.dimensions = cfg.dimensions
 
     @property
     def output_dimensions(self) -> int:

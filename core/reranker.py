@@ -9,20 +9,26 @@ from typing import Any
 
 import torch
 
+from .config import RerankerConfig
 from .errors import ModelLoadError, OutOfMemoryError
-from .loading import DeviceLike, DTypeLike, LoadedModel, from_pretrained_kwargs
+from .loading import LoadedModel, from_pretrained_kwargs
 from .packing import pack, packed_model_kwargs
 from .pooling import yes_no_score
-from .prompts import (
+from .runtime import (
+    Qwen3Runtime,
+    check_instruction,
+    check_positive_int,
+    check_texts,
+    make_config,
+)
+from .spec import (
     DEFAULT_RERANKER_MODEL,
-    DEFAULT_TASK,
     RERANK_NO,
     RERANK_PREFIX,
     RERANK_SUFFIX,
     RERANK_YES,
     format_rerank_body,
 )
-from .runtime import Qwen3Runtime, check_instruction, check_positive_int, check_texts
 from .tokenization import SafeTokenizer
 
 
@@ -56,30 +62,16 @@ class Qwen3Reranker(Qwen3Runtime):
 
     Args:
         model: Hub id or local folder of a Qwen3-Reranker checkpoint (safetensors).
-        device: "cpu", "cuda", "cuda:1", "mps", a ``torch.device``, or None for the best one.
-        dtype: "auto" (bfloat16 on CUDA, float32 on CPU), "float32", "bfloat16", "float16", or a
-            ``torch.dtype``.
-        max_length: Tokens per pair, template included.
-        instruction: Default instruction; ``""`` leaves the ``<Instruct>:`` line empty.
-        revision: Hub revision (pin a commit in production).
-        cache_dir: Hugging Face cache folder.
-        local_files_only: Never use the network.
-        attn_implementation: "sdpa", "eager" or "flash_attention_2"; None picks FA2 on CUDA
-            when installed, else SDPA.
-        batch_tokens: Tokens per forward (CPU batches are packed, GPU batches padded, padding
-            counted); None picks a device default.
-        max_batch_size: Most pairs per forward.
-        max_chars: Characters kept per pair body before tokenizing (None: ``64 * max_length``).
-        show_progress: Show a progress bar; None shows one for long jobs only.
-        share_prefix: Reuse the shared prefix's key/value cache across documents.
-        compile: ``torch.compile`` the model (GPU throughput jobs: 1.7-1.8x at 512 tokens on an
-            H100; the first calls take a minute to compile). Results match within dtype noise.
-        trust_remote_code: Refused when True; present only to say so clearly.
+        config: A :class:`~qwen3_rag.core.RerankerConfig`; keyword ``options`` override its fields.
+        **options: Any field of :class:`~qwen3_rag.core.RerankerConfig` (``device``, ``dtype``,
+            ``max_length``, ``instruction``, ...), where each option is documented once.
+            ``trust_remote_code=True`` is refused.
 
     Raises:
         ModelLoadError: If the model cannot be found, is not a safe Qwen3 checkpoint, or its
             tokenizer has no single "yes"/"no" tokens.
         ValueError: For an invalid option (the message names it).
+        TypeError: For an unknown option.
 
     Example:
         >>> rr = Qwen3Reranker("Qwen/Qwen3-Reranker-0.6B")  # doctest: +SKIP
@@ -93,40 +85,14 @@ class Qwen3Reranker(Qwen3Runtime):
         self,
         model: str | os.PathLike[str] = DEFAULT_RERANKER_MODEL,
         *,
-        device: DeviceLike = None,
-        dtype: DTypeLike = "auto",
-        max_length: int = 8192,
-        instruction: str = DEFAULT_TASK,
-        revision: str | None = None,
-        cache_dir: str | os.PathLike[str] | None = None,
-        local_files_only: bool = False,
-        attn_implementation: str | None = None,
-        batch_tokens: int | None = None,
-        max_batch_size: int = 64,
-        max_chars: int | None = None,
-        show_progress: bool | None = None,
-        share_prefix: bool = True,
-        compile: bool = False,
-        trust_remote_code: bool = False,
+        config: RerankerConfig | None = None,
+        **options: Any,
     ) -> None:
-        self.instruction = check_instruction(instruction)
-        self.share_prefix = bool(share_prefix)
-        super().__init__(
-            model,
-            device=device,
-            dtype=dtype,
-            max_length=max_length,
-            revision=revision,
-            cache_dir=cache_dir,
-            local_files_only=local_files_only,
-            attn_implementation=attn_implementation,
-            batch_tokens=batch_tokens,
-            max_batch_size=max_batch_size,
-            max_chars=max_chars,
-            show_progress=show_progress,
-            trust_remote_code=trust_remote_code,
-            compile=compile,
-        )
+        cfg = make_config(RerankerConfig, config, options)
+        self.instruction = cfg.instruction
+        self.share_prefix = cfg.share_prefix
+        super().__init__(model, cfg)
+        self.config: RerankerConfig = cfg
         fixed = len(self._prefix_ids) + len(self._suffix_ids)
         if self.max_length <= fixed:
             raise ValueError(
@@ -223,6 +189,7 @@ class Qwen3Reranker(Qwen3Runtime):
         documents: list[str],
         top_n: int | None = None,
         instruction: str | None = None,
+        score_threshold: float | None = None,
     ) -> list[RerankResult]:
         """Documents sorted by relevance, best first; ties keep input order.
 
@@ -231,18 +198,24 @@ class Qwen3Reranker(Qwen3Runtime):
             documents: Texts to rank.
             top_n: Keep this many results; None keeps all.
             instruction: Instruction for this call; None uses the reranker's default.
+            score_threshold: Drop results scoring below this (before ``top_n`` applies).
 
         Returns:
             :class:`RerankResult` items with ``index``, ``score`` and ``document``.
 
         Raises:
-            ValueError: If ``top_n`` is not a positive int or None.
+            ValueError: If ``top_n`` is not a positive int or None, or ``score_threshold`` is
+                not a finite number in [0, 1] or None.
             TypeError: As :meth:`score`.
         """
         if top_n is not None:
             check_positive_int(top_n, "top_n")
+        if score_threshold is not None:
+            check_score_threshold(score_threshold)
         scores = self.score(query, documents, instruction)
         order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+        if score_threshold is not None:
+            order = [i for i in order if scores[i] >= score_threshold]
         return [RerankResult(i, scores[i], documents[i]) for i in order[:top_n]]
 
     def encode_ids(
@@ -317,6 +290,22 @@ class Qwen3Reranker(Qwen3Runtime):
             hidden = out.last_hidden_state[:, -1].float()
             scores = yes_no_score(hidden, self._loaded.extras["head"])
         return list(scores.unbind(0))
+
+
+def check_score_threshold(value: object) -> float:
+    """Require a real number in [0, 1] (the range of P("yes")); ``bool`` is refused.
+
+    Example:
+        >>> check_score_threshold(0.5)
+        0.5
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0.0 <= float(value) <= 1.0
+    ):
+        raise ValueError(f"score_threshold must be a number in [0, 1] or None, got {value!r}")
+    return float(value)
 
 
 def _common_prefix_len(seqs: list[list[int]]) -> int:

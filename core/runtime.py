@@ -14,10 +14,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .batching import batch_cost, plan_batches, run_with_oom_backoff
+from .config import C, RuntimeConfig, build_config
 from .errors import NonFiniteOutputError
 from .loading import (
-    DeviceLike,
-    DTypeLike,
     LoadedModel,
     check_qwen3_config,
     get_or_load,
@@ -70,6 +69,21 @@ def check_instruction(instruction: object, name: str = "instruction") -> str:
     return instruction
 
 
+def make_config(cls: type[C], config: C | None, options: dict[str, Any]) -> C:
+    """The constructor's config: ``config`` (or defaults) with keyword ``options`` applied.
+
+    Raises:
+        ValueError: For ``trust_remote_code=True``, which is refused, or an invalid value.
+        TypeError: For an unknown option.
+    """
+    if options.pop("trust_remote_code", False):
+        raise ValueError(
+            "trust_remote_code=True is refused: Qwen3 is native in transformers, and remote "
+            "code would run arbitrary Python from the model repository"
+        )
+    return build_config(cls, config, options)
+
+
 def check_positive_int(value: object, name: str) -> int:
     """Require a positive ``int`` (``bool`` is refused)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -86,47 +100,30 @@ class Qwen3Runtime:
 
     _kind = "base"
 
-    def __init__(
-        self,
-        model: str | os.PathLike[str],
-        *,
-        device: DeviceLike,
-        dtype: DTypeLike,
-        max_length: int,
-        revision: str | None,
-        cache_dir: str | os.PathLike[str] | None,
-        local_files_only: bool,
-        attn_implementation: str | None,
-        batch_tokens: int | None,
-        max_batch_size: int,
-        max_chars: int | None,
-        show_progress: bool | None,
-        trust_remote_code: bool,
-        compile: bool = False,
-    ) -> None:
-        if trust_remote_code:
-            raise ValueError(
-                "trust_remote_code=True is refused: Qwen3 is native in transformers, and remote "
-                "code would run arbitrary Python from the model repository"
-            )
-        self.max_length = check_positive_int(max_length, "max_length")
-        self.max_batch_size = check_positive_int(max_batch_size, "max_batch_size")
-        if batch_tokens is not None:
-            check_positive_int(batch_tokens, "batch_tokens")
+    def __init__(self, model: str | os.PathLike[str], config: RuntimeConfig) -> None:
+        #: The options in effect (frozen); adapters and stores read them from here.
+        self.config = config
+        self.max_length = config.max_length
+        self.max_batch_size = config.max_batch_size
         self.max_chars = (
-            check_positive_int(max_chars, "max_chars")
-            if max_chars is not None
+            config.max_chars
+            if config.max_chars is not None
             else CHARS_PER_TOKEN_CAP * self.max_length
         )
-        if show_progress is not None and not isinstance(show_progress, bool):
-            raise TypeError(f"show_progress must be True, False or None, got {show_progress!r}")
-        self.show_progress = show_progress
+        self.show_progress = config.show_progress
+        device, dtype, batch_tokens = config.device, config.dtype, config.batch_tokens
+        revision, compile = config.revision, config.compile
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self.attn_implementation = resolve_attn_implementation(attn_implementation, self.device)
+        self.attn_implementation = resolve_attn_implementation(
+            config.attn_implementation, self.device
+        )
         self.revision = revision
         self.model_dir: Path = resolve_model_dir(
-            model, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
+            model,
+            revision=revision,
+            cache_dir=config.cache_dir,
+            local_files_only=config.local_files_only,
         )
         self.model_name = os.fspath(model)
         # Measured on 2 CPU cores with packed batches (0.6B, benchmarks/ inputs): embedding

@@ -25,7 +25,7 @@ from qwen3_rag import (
     Qwen3Embedder,
     Qwen3Reranker,
 )
-from qwen3_rag.core import prompts
+from qwen3_rag.core import spec as prompts
 from qwen3_rag.core.batching import plan_batches
 from qwen3_rag.core.packing import Segments, pack, packed_sdpa
 from qwen3_rag.core.pooling import last_token_pool, truncate_and_normalize, yes_no_score
@@ -152,7 +152,7 @@ def test_packed_plan_bounds_the_sum_of_lengths_and_fills_batches():
 
 @pytest.mark.parametrize(
     "module",
-    ["batching", "packing", "pooling", "prompts", "tokenization", "loading", "runtime"],
+    ["batching", "packing", "pooling", "spec", "config", "tokenization", "loading", "runtime"],
 )
 def test_docstring_examples_run(module):
     mod = importlib.import_module(f"qwen3_rag.core.{module}")

@@ -1,4 +1,4 @@
-r"""The official Qwen3 prompt formats and model defaults: the one place each of these facts lives.
+r"""Model facts: the official prompt formats, special tokens and defaults, each stated once.
 
 Everything here follows the model cards' transformers code (Qwen/Qwen3-Embedding-*,
 Qwen/Qwen3-Reranker-*). Where the official sources disagree (the vLLM reranker example joins the
@@ -33,6 +33,9 @@ RERANK_BODY_TEMPLATE = "<Instruct>: {instruction}\n<Query>: {query}\n<Document>:
 RERANK_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 RERANK_YES = "yes"
 RERANK_NO = "no"
+
+#: Name under which the Chroma embedding function registers and persists its config.
+CHROMA_FUNCTION_NAME = "qwen3_rag"
 
 
 def format_query(query: str, task: str) -> str:

@@ -6,19 +6,18 @@ The core runtime is importable from here; framework adapters live in
 
 from __future__ import annotations
 
-if __name__ != "qwen3_rag":  # pragma: no cover - only reached through a wrong sys.path
-    raise ImportError("this folder installs as 'qwen3_rag'; import it under that name")
-
 from qwen3_rag.core import (
     DEFAULT_EMBEDDING_MODEL,
     DEFAULT_RERANKER_MODEL,
     DEFAULT_TASK,
+    EmbedderConfig,
     ModelLoadError,
     NonFiniteOutputError,
     OutOfMemoryError,
     Qwen3Embedder,
     Qwen3RagError,
     Qwen3Reranker,
+    RerankerConfig,
     RerankResult,
 )
 
@@ -28,6 +27,7 @@ __all__ = [
     "DEFAULT_EMBEDDING_MODEL",
     "DEFAULT_RERANKER_MODEL",
     "DEFAULT_TASK",
+    "EmbedderConfig",
     "ModelLoadError",
     "NonFiniteOutputError",
     "OutOfMemoryError",
@@ -35,5 +35,6 @@ __all__ = [
     "Qwen3RagError",
     "Qwen3Reranker",
     "RerankResult",
+    "RerankerConfig",
     "__version__",
 ]

@@ -1,0 +1,221 @@
+"""The options of the embedder and the reranker: the one place each option is declared.
+
+Every layer derives from these two frozen dataclasses: the core constructors take their fields as
+keyword arguments, the adapters turn them into framework fields, the Chroma function persists the
+fields marked ``persist``, and the CLI builds its flags from the fields marked ``cli``. Adding an
+option means adding one field here (plus the code that uses it).
+
+Everything that can be checked without loading the model is checked here, at construction, so a
+bad value fails before any download or weight load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import torch
+
+from .spec import DEFAULT_TASK, MIN_DIMENSIONS
+
+#: dtype names accepted everywhere; aliases are normalised to the first name of each row.
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
+_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+
+
+def _option(
+    default: Any,
+    help: str,
+    *,
+    persist: bool = False,
+    cli: bool = True,
+) -> Any:
+    """A config field with its help text.
+
+    Args:
+        default: The default value.
+        help: One line for docs, CLI ``--help`` and adapter field descriptions.
+        persist: The option changes the model's output (vectors or scores), so a stored index
+            records it and a serialized adapter names it.
+        cli: The command line offers it as a flag.
+    """
+    return field(default=default, metadata={"help": help, "persist": persist, "cli": cli})
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Options shared by :class:`~qwen3_rag.core.Qwen3Embedder` and the reranker."""
+
+    device: str | None = _option(
+        None, '"cpu", "cuda", "cuda:1", "mps"; None picks CUDA, then MPS, then the CPU'
+    )
+    dtype: str = _option(
+        "auto", '"auto" (bfloat16 on CUDA, float32 on CPU), "float32", "bfloat16", "float16"'
+    )
+    max_length: int = _option(
+        8192, "tokens per input, template and final token included", persist=True
+    )
+    revision: str | None = _option(None, "hub revision to pin (a commit hash in production)")
+    cache_dir: str | None = _option(None, "Hugging Face cache folder")
+    local_files_only: bool = _option(False, "never use the network")
+    attn_implementation: str | None = _option(
+        None, '"sdpa", "eager" or "flash_attention_2"; None: FA2 on CUDA when installed, else SDPA'
+    )
+    batch_tokens: int | None = _option(
+        None, "tokens per forward (padding counted); None: 1024 on CPU, 16384 on GPU"
+    )
+    max_batch_size: int = _option(64, "most inputs per forward")
+    max_chars: int | None = _option(
+        None, "characters kept per input before tokenizing; None: 64 x max_length"
+    )
+    show_progress: bool | None = _option(
+        None, "progress bar: True, False, or None for long jobs only", cli=False
+    )
+    compile: bool = _option(False, "torch.compile the model (GPU throughput jobs)")
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalise in place once, at construction
+        if isinstance(self.device, torch.device):
+            set_(self, "device", str(self.device))
+        if self.device is not None:
+            if not isinstance(self.device, str):
+                raise TypeError(f"device must be a str or None, got {type(self.device).__name__}")
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError) as e:
+                raise ValueError(f"device={self.device!r} is not a valid torch device") from e
+        set_(self, "dtype", normalize_dtype(self.dtype))
+        _check_int(self.max_length, "max_length", minimum=2)
+        _check_optional_str(self.revision, "revision")
+        if isinstance(self.cache_dir, os.PathLike):
+            set_(self, "cache_dir", os.fspath(self.cache_dir))
+        _check_optional_str(self.cache_dir, "cache_dir")
+        _check_bool(self.local_files_only, "local_files_only")
+        if (
+            self.attn_implementation is not None
+            and self.attn_implementation not in ATTN_IMPLEMENTATIONS
+        ):
+            raise ValueError(
+                f"attn_implementation={self.attn_implementation!r}; "
+                f"use one of {', '.join(ATTN_IMPLEMENTATIONS)}"
+            )
+        if self.batch_tokens is not None:
+            _check_int(self.batch_tokens, "batch_tokens")
+        _check_int(self.max_batch_size, "max_batch_size")
+        if self.max_chars is not None:
+            _check_int(self.max_chars, "max_chars")
+        if self.show_progress is not None:
+            _check_bool(self.show_progress, "show_progress")
+        _check_bool(self.compile, "compile")
+
+    def persisted(self) -> dict[str, Any]:
+        """The options that change the output (see ``persist``), by name."""
+        return {f.name: getattr(self, f.name) for f in fields(type(self)) if f.metadata["persist"]}
+
+
+@dataclass(frozen=True)
+class EmbedderConfig(RuntimeConfig):
+    """Options of :class:`~qwen3_rag.core.Qwen3Embedder`."""
+
+    dimensions: int | None = _option(
+        None,
+        f"output size (MRL), {MIN_DIMENSIONS} up to the hidden size; None keeps all",
+        persist=True,
+    )
+    instruction: str = _option(
+        DEFAULT_TASK, 'task description for queries; "" means none', persist=True
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.dimensions is not None:
+            _check_int(self.dimensions, "dimensions", minimum=MIN_DIMENSIONS)
+        _check_str(self.instruction, "instruction")
+
+
+@dataclass(frozen=True)
+class RerankerConfig(RuntimeConfig):
+    """Options of :class:`~qwen3_rag.core.Qwen3Reranker`."""
+
+    instruction: str = _option(
+        DEFAULT_TASK, 'instruction in the <Instruct>: line; "" leaves it empty', persist=True
+    )
+    share_prefix: bool = _option(
+        True, "compute the system prompt + instruction + query once per call"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_str(self.instruction, "instruction")
+        _check_bool(self.share_prefix, "share_prefix")
+
+
+C = TypeVar("C", bound=RuntimeConfig)
+
+
+def fields(config: type[RuntimeConfig] | RuntimeConfig) -> tuple[dataclasses.Field[Any], ...]:
+    """The option fields of a config class, in declaration order."""
+    return dataclasses.fields(config)
+
+
+def build_config(cls: type[C], base: C | None, options: Mapping[str, Any]) -> C:
+    """``base`` (or the defaults) with ``options`` applied, checked.
+
+    Raises:
+        TypeError: For an option ``cls`` does not have (the message lists the valid ones).
+        ValueError: For an invalid value (the message names the option).
+    """
+    if base is not None and not isinstance(base, cls):
+        raise TypeError(f"config must be a {cls.__name__}, got {type(base).__name__}")
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} for {cls.__name__}; "
+            f"valid options: {', '.join(sorted(names))}"
+        )
+    return dataclasses.replace(base, **options) if base is not None else cls(**options)
+
+
+def normalize_dtype(dtype: object) -> str:
+    """Return the canonical name of a dtype given as a name, an alias or a ``torch.dtype``.
+
+    Example:
+        >>> normalize_dtype("bf16"), normalize_dtype(torch.float32)
+        ('bfloat16', 'float32')
+    """
+    if isinstance(dtype, torch.dtype):
+        name = str(dtype).removeprefix("torch.")
+    elif isinstance(dtype, str):
+        name = _DTYPE_ALIASES.get(dtype.lower(), dtype.lower())
+    else:
+        raise TypeError(f"dtype must be a str or torch.dtype, got {type(dtype).__name__}")
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"dtype={dtype!r} is not supported; use one of {', '.join(DTYPE_NAMES)}")
+    return name
+
+
+def _check_int(value: object, name: str, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+
+
+def _check_bool(value: object, name: str) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def _check_str(value: object, name: str) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+
+
+def _check_optional_str(value: object, name: str) -> None:
+    if value is not None:
+        _check_str(value, name)
