@@ -281,8 +281,18 @@ class Qwen3Runtime:
     def _lock(self) -> threading.Lock:
         return self._loaded.lock
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Weights and locks cannot be pickled: the other side rebuilds from the name and the
+        # config, loading the model (or sharing it, in the same process).
+        return (_rebuild, (type(self), self.model_name, self.config))
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(model={self.model_name!r}, device={str(self.device)!r}, "
             f"dtype={str(self.dtype)[6:]!r}, max_length={self.max_length})"
         )
+
+
+def _rebuild(cls: type[Qwen3Runtime], model: str, config: RuntimeConfig) -> Qwen3Runtime:
+    """Unpickle a runtime: build it again from its model name and config."""
+    return cls(model, config=config)  # type: ignore[call-arg]

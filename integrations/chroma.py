@@ -10,12 +10,18 @@ Example:
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import threading
+from collections import OrderedDict
 from typing import Any
 
-from qwen3_rag.core import DEFAULT_EMBEDDING_MODEL, Qwen3Embedder
+from qwen3_rag.core import DEFAULT_EMBEDDING_MODEL, EmbedderConfig, Qwen3Embedder
+from qwen3_rag.core.config import build_config
+from qwen3_rag.core.spec import CHROMA_FUNCTION_NAME
 
-from ._common import EMBEDDER_OPTIONS, build_embedder, missing_extra
+from ._common import build_embedder, identity, identity_names, missing_extra, option_names
 
 try:
     from chromadb.api.types import Documents, EmbeddingFunction, Embeddings, Space
@@ -27,17 +33,18 @@ except ImportError as e:  # pragma: no cover - exercised in a clean environment 
 __all__ = ["ConfigMismatchError", "Qwen3EmbeddingFunction", "clean_metadata", "open_collection"]
 
 #: The name under which Chroma stores and finds this embedding function.
-EF_NAME = "qwen3_rag"
-#: The persisted config: what decides the vectors, never devices, secrets or free kwargs.
-_CONFIG_TYPES: dict[str, tuple[type, ...]] = {
-    "model": (str,),
-    "revision": (str, type(None)),
-    "dimensions": (int, type(None)),
-    "instruction": (str,),
-    "max_length": (int,),
-}
+EF_NAME = CHROMA_FUNCTION_NAME
+#: The persisted config: the model and the options that decide the vectors (the config fields
+#: marked ``persist``, plus the revision); never devices, secrets or free kwargs.
+CONFIG_KEYS = ("model", *identity_names(EmbedderConfig))
 #: Keys whose change makes stored vectors incomparable with new ones.
 _VECTOR_KEYS = ("model", "revision", "dimensions")
+#: Functions rebuilt from a persisted config stay alive this long (most recent first): Chroma
+#: rebuilds the function on every call of a collection opened without one, and the model
+#: would otherwise be freed and loaded again each time.
+REBUILT_KEPT = 4
+_rebuilt: OrderedDict[str, Qwen3EmbeddingFunction] = OrderedDict()
+_rebuilt_lock = threading.Lock()
 
 
 class ConfigMismatchError(ValueError):
@@ -55,9 +62,9 @@ class Qwen3EmbeddingFunction(EmbeddingFunction[Documents]):
     Args:
         model: Hub id, local folder, or a built :class:`~qwen3_rag.Qwen3Embedder`.
         instruction: Task for queries; None keeps the model's default, "" sends none.
-        **options: Core options (``device``, ``dtype``, ``max_length``, ``dimensions``,
-            ``revision``, ...); only model, revision, dimensions, instruction and max_length
-            are persisted in the collection.
+        **options: Any field of :class:`~qwen3_rag.core.EmbedderConfig` (``device``,
+            ``dtype``, ``max_length``, ``dimensions``, ``revision``, ...); only the model and
+            the options that decide the vectors (:data:`CONFIG_KEYS`) are persisted.
     """
 
     def __init__(
@@ -67,12 +74,17 @@ class Qwen3EmbeddingFunction(EmbeddingFunction[Documents]):
         instruction: str | None = None,
         **options: Any,
     ) -> None:
-        unknown = sorted(set(options) - set(EMBEDDER_OPTIONS))
+        if "model_name" in options:
+            raise TypeError("Qwen3EmbeddingFunction takes the model as its first argument (model=)")
+        unknown = sorted(set(options) - set(option_names(EmbedderConfig)))
         if unknown:
-            raise TypeError(f"unknown option(s) for Qwen3EmbeddingFunction: {', '.join(unknown)}")
-        self._embedder = build_embedder(model, options)
+            raise TypeError(
+                f"unknown option(s) for Qwen3EmbeddingFunction: {', '.join(unknown)}; valid: "
+                f"{', '.join(option_names(EmbedderConfig))}"
+            )
         if instruction is not None and not isinstance(instruction, str):
             raise TypeError(f"instruction must be a str, got {type(instruction).__name__}")
+        self._embedder = build_embedder(model, {**options, "instruction": instruction})
         self.instruction = self._embedder.instruction if instruction is None else instruction
 
     @property
@@ -105,48 +117,72 @@ class Qwen3EmbeddingFunction(EmbeddingFunction[Documents]):
         return ["cosine", "ip", "l2"]
 
     def get_config(self) -> dict[str, Any]:
-        """What Chroma persists; enough to rebuild identical vectors elsewhere."""
-        return {
-            "model": self._embedder.model_name,
-            "revision": self._embedder.revision,
-            "dimensions": self._embedder.output_dimensions,
-            "instruction": self.instruction,
-            "max_length": self._embedder.max_length,
-        }
+        """What Chroma persists: enough to rebuild identical vectors elsewhere."""
+        config = identity(self._embedder, self.instruction)
+        # The output size, not None: collections record the length their vectors have.
+        config["dimensions"] = self._embedder.output_dimensions
+        return {key: config[key] for key in CONFIG_KEYS}
 
     @staticmethod
     def validate_config(config: dict[str, Any]) -> None:
         """Check a config read from disk before anything is loaded from it.
 
+        The values are checked by :class:`~qwen3_rag.core.EmbedderConfig` itself; a
+        ``dimensions`` above the model's size is refused from its ``config.json`` before the
+        weights load.
+
         Raises:
-            ValueError: For unknown keys (e.g. ``trust_remote_code``), missing keys or wrong
-                types; the message names the key.
+            ValueError: For a config that is not a dict, unknown keys (e.g.
+                ``trust_remote_code``), missing keys or bad values; the message names the key.
         """
         if not isinstance(config, dict):
             raise ValueError(f"{EF_NAME} config must be a dict, got {type(config).__name__}")
-        unknown = sorted(set(config) - set(_CONFIG_TYPES))
+        unknown = sorted(set(config) - set(CONFIG_KEYS))
         if unknown:
             raise ValueError(f"{EF_NAME} config has unknown key(s): {', '.join(unknown)}")
-        for key, types in _CONFIG_TYPES.items():
-            if key not in config:
-                raise ValueError(f"{EF_NAME} config is missing {key!r}")
-            value = config[key]
-            if isinstance(value, bool) or not isinstance(value, types):
-                raise ValueError(f"{EF_NAME} config {key!r} has a bad value: {value!r}")
-        if not config["model"].strip():
-            raise ValueError(f"{EF_NAME} config 'model' is empty")
+        missing = [key for key in CONFIG_KEYS if key not in config]
+        if missing:
+            raise ValueError(f"{EF_NAME} config is missing {', '.join(map(repr, missing))}")
+        model = config["model"]
+        if not isinstance(model, str) or not model.strip():
+            raise ValueError(f"{EF_NAME} config 'model' must be a non-empty str, got {model!r}")
+        options = {k: config[k] for k in CONFIG_KEYS[1:] if config[k] is not None}
+        try:
+            build_config(EmbedderConfig, None, options)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{EF_NAME} config has a bad value: {e}") from e
 
     @staticmethod
     def build_from_config(config: dict[str, Any]) -> Qwen3EmbeddingFunction:
-        """Rebuild the function from a persisted, validated config."""
+        """Rebuild the function from a persisted config, validated first.
+
+        The last :data:`REBUILT_KEPT` functions rebuilt are kept and returned again for the
+        same config, so a collection opened without a function loads its model once, not on
+        every call (Chroma rebuilds the function each time).
+        """
         Qwen3EmbeddingFunction.validate_config(config)
-        return Qwen3EmbeddingFunction(
-            config["model"],
-            instruction=config["instruction"],
-            revision=config["revision"],
-            dimensions=config["dimensions"],
-            max_length=config["max_length"],
+        key = json.dumps(config, sort_keys=True)
+        with _rebuilt_lock:
+            found = _rebuilt.get(key)
+            if found is not None:
+                _rebuilt.move_to_end(key)
+                return found
+        options = {k: config[k] for k in CONFIG_KEYS[1:] if k != "instruction"}
+        built = Qwen3EmbeddingFunction(
+            config["model"], instruction=config["instruction"], **options
         )
+        with _rebuilt_lock:
+            built = _rebuilt.setdefault(key, built)
+            _rebuilt.move_to_end(key)
+            while len(_rebuilt) > REBUILT_KEPT:
+                _rebuilt.popitem(last=False)
+        return built
+
+    @staticmethod
+    def forget_rebuilt() -> None:
+        """Drop the kept rebuilt functions, so their models can be freed."""
+        with _rebuilt_lock:
+            _rebuilt.clear()
 
     def validate_config_update(
         self, old_config: dict[str, Any], new_config: dict[str, Any]
@@ -184,9 +220,15 @@ def open_collection(
     Chroma itself only compares embedding-function names, so a dimension change would surface
     later as a shape error on add or query; this check fails at once, naming both values.
 
+    The collection records the function's config (:data:`CONFIG_KEYS`), so any process can
+    reopen it without passing a function: plain ``chromadb`` needs
+    ``import qwen3_rag.integrations.chroma`` first (importing any ``qwen3_rag`` adapter does
+    it), which registers the name ``"qwen3_rag"`` with Chroma.
+
     Raises:
         ConfigMismatchError: If the stored model, revision or dimensions differ.
-        ValueError: If the collection uses another embedding function.
+        ValueError: If the collection uses another embedding function, or its stored config is
+            damaged (not a dict).
         chromadb.errors.NotFoundError: If it does not exist and ``create`` is False.
     """
     try:
@@ -197,16 +239,31 @@ def open_collection(
         return client.create_collection(
             name, embedding_function=embedding_function, metadata=metadata
         )
-    stored = (collection.configuration_json or {}).get("embedding_function") or {}
+    stored = _stored_function(collection.configuration_json, name)
     if stored.get("name") != EF_NAME:
         raise ValueError(
             f"collection {name!r} uses the embedding function {stored.get('name')!r}, "
             f"not {EF_NAME!r}"
         )
-    _check_compatible(
-        stored.get("config") or {}, embedding_function.get_config(), f"collection {name!r}"
-    )
+    config = stored.get("config")
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"collection {name!r} has a damaged {EF_NAME} config (a "
+            f"{type(config).__name__}, not a dict); recreate the collection"
+        )
+    _check_compatible(config, embedding_function.get_config(), f"collection {name!r}")
     return collection
+
+
+def _stored_function(configuration: Any, name: str) -> dict[str, Any]:
+    """The collection's stored embedding-function entry, checked to be a dict."""
+    configuration = configuration or {}
+    if not isinstance(configuration, dict):
+        raise ValueError(f"collection {name!r} has a damaged configuration: {configuration!r}")
+    stored = configuration.get("embedding_function") or {}
+    if not isinstance(stored, dict):
+        raise ValueError(f"collection {name!r} has a damaged embedding function entry: {stored!r}")
+    return stored
 
 
 _SCALARS = (str, int, float, bool)
@@ -216,8 +273,11 @@ def clean_metadata(metadata: dict[str, Any] | None, *, sep: str = ".") -> dict[s
     """Make loader metadata storable in Chroma, which takes only flat scalar values.
 
     Empty metadata becomes None; nested dicts are flattened to ``parent.child`` keys; ``None``
-    values are dropped; lists of scalars are kept. Anything else (a list of dicts, a date, an
-    object) is refused rather than silently turned into text.
+    values are dropped; lists of scalars of one type are kept. Anything Chroma would refuse or
+    silently lose is refused here, naming the key: other values (a list of dicts, a date, an
+    object), lists mixing types (``[1, "a"]``, ``[1, 2.5]``, ``[True, 1]``), NaN and infinite
+    numbers, empty keys, and two keys that flatten to the same name (``{"a.b": 1, "a": {"b":
+    2}}``).
 
     Raises:
         ValueError: Naming the key whose value Chroma cannot store.
@@ -227,30 +287,67 @@ def clean_metadata(metadata: dict[str, Any] | None, *, sep: str = ".") -> dict[s
         {'source': 'a.md', 'loc.page': 2, 'tags': ['x']}
         >>> clean_metadata({}) is None
         True
+        >>> clean_metadata({"a.b": 1, "a": {"b": 2}})
+        Traceback (most recent call last):
+        ...
+        ValueError: metadata keys 'a.b' and 'a' -> 'b' both flatten to 'a.b'; rename one
     """
     if metadata is None:
         return None
     flat: dict[str, Any] = {}
+    origin: dict[str, str] = {}  # flattened key -> how the caller spelled it
 
-    def walk(prefix: str, value: Any) -> None:
+    def walk(prefix: str, spelled: str, value: Any) -> None:
         if value is None:
             return
         if isinstance(value, dict):
             for key, inner in value.items():
-                walk(f"{prefix}{sep}{key}" if prefix else str(key), inner)
-        elif isinstance(value, _SCALARS):
-            flat[prefix] = value
+                name = str(key)
+                if not name:
+                    where = f"under {spelled}" if spelled else "at the top level"
+                    raise ValueError(f"metadata has an empty key {where}; Chroma refuses it")
+                walk(
+                    f"{prefix}{sep}{name}" if prefix else name,
+                    f"{spelled} -> {name!r}" if spelled else repr(name),
+                    inner,
+                )
+            return
+        stored: Any
+        if isinstance(value, _SCALARS):
+            _check_finite(prefix, value)
+            stored = value
         elif (
             isinstance(value, (list, tuple))
             and value
             and all(isinstance(v, _SCALARS) for v in value)
         ):
-            flat[prefix] = list(value)
+            kinds = sorted({type(v).__name__ for v in value})
+            if len(kinds) > 1:
+                raise ValueError(
+                    f"metadata key {prefix!r} holds a list mixing {', '.join(kinds)}; Chroma "
+                    "stores lists of one type only: convert the items to one type"
+                )
+            for v in value:
+                _check_finite(prefix, v)
+            stored = list(value)
         else:
             raise ValueError(
                 f"metadata key {prefix!r} holds a {type(value).__name__} that Chroma cannot "
-                "store; convert it to a string, number, bool or a list of those"
+                "store; convert it to a string, number, bool or a non-empty list of those"
             )
+        if prefix in flat:
+            raise ValueError(
+                f"metadata keys {origin[prefix]} and {spelled} both flatten to {prefix!r}; "
+                "rename one"
+            )
+        flat[prefix] = stored
+        origin[prefix] = spelled
 
-    walk("", metadata)
+    walk("", "", metadata)
     return flat or None
+
+
+def _check_finite(key: str, value: Any) -> None:
+    # Chroma drops a record's whole metadata on NaN without an error: refuse it here.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"metadata key {key!r} holds {value!r}; Chroma cannot store NaN or inf")

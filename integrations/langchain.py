@@ -1,5 +1,10 @@
 """LangChain adapters: :class:`Qwen3Embeddings` (``Embeddings``) and :class:`Qwen3Rerank`.
 
+Every option of :class:`~qwen3_rag.core.EmbedderConfig` / :class:`~qwen3_rag.core.RerankerConfig`
+is a field (None: the core default). Fields are validated on assignment and changing one
+rebuilds the core object, so a field always reports what is in effect; copies share the loaded
+model, pickles reload it on the other side.
+
 Example:
     >>> from qwen3_rag.integrations.langchain import Qwen3Embeddings, Qwen3Rerank
     >>> embeddings = Qwen3Embeddings(model="Qwen/Qwen3-Embedding-0.6B")  # doctest: +SKIP
@@ -11,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from copy import deepcopy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qwen3_rag.core import (
     DEFAULT_EMBEDDING_MODEL,
@@ -20,22 +25,14 @@ from qwen3_rag.core import (
     Qwen3Reranker,
 )
 
-from ._common import (
-    EMBEDDER_OPTIONS,
-    RERANKER_OPTIONS,
-    CoreOptions,
-    build_embedder,
-    build_reranker,
-    filter_by_threshold,
-    missing_extra,
-)
+from ._common import missing_extra, options_model
 
 try:
     from langchain_core.callbacks import BaseCallbackManager, Callbacks
     from langchain_core.documents import BaseDocumentCompressor, Document
     from langchain_core.embeddings import Embeddings
-    from langchain_core.runnables import Runnable, RunnableLambda
-    from pydantic import Field, PrivateAttr
+    from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
+    from pydantic import Field
 except ImportError as e:  # pragma: no cover - exercised in a clean environment test
     raise missing_extra("langchain-core", "langchain") from e
 
@@ -45,12 +42,31 @@ INSTRUCTION_METADATA_KEY = "qwen3_rerank_instruction"
 
 __all__ = ["INSTRUCTION_METADATA_KEY", "Qwen3Embeddings", "Qwen3Rerank"]
 
+if TYPE_CHECKING:  # the option fields are derived from the core configs at import time
+    _EmbedderOptions = Any
+    _RerankerOptions = Any
+else:
+    _EmbedderOptions = options_model(
+        "EmbedderOptions",
+        Qwen3Embedder,
+        DEFAULT_EMBEDDING_MODEL,
+        "Hub id, local folder, or a built Qwen3Embedder.",
+    )
+    _RerankerOptions = options_model(
+        "RerankerOptions",
+        Qwen3Reranker,
+        DEFAULT_RERANKER_MODEL,
+        "Hub id, local folder, or a built Qwen3Reranker.",
+    )
 
-class Qwen3Embeddings(CoreOptions, Embeddings):
+
+class Qwen3Embeddings(_EmbedderOptions, Embeddings):  # type: ignore[misc]
     """Qwen3-Embedding as a LangChain ``Embeddings``.
 
     ``embed_query`` adds the task instruction (``Instruct: … Query:``); ``embed_documents``
-    never does. Texts are passed unchanged, and vectors are unit length.
+    never does. Texts are passed unchanged, and vectors are unit length. ``model`` is a hub
+    id, a folder (``str`` or path) or a built :class:`~qwen3_rag.Qwen3Embedder`; every core
+    option (``dimensions``, ``instruction``, ``max_length``, ...) is a field.
 
     Example:
         >>> emb = Qwen3Embeddings(dimensions=256)  # doctest: +SKIP
@@ -58,33 +74,21 @@ class Qwen3Embeddings(CoreOptions, Embeddings):
         256
     """
 
-    model: str | Qwen3Embedder = DEFAULT_EMBEDDING_MODEL
-    """Hub id, local folder, or a built :class:`~qwen3_rag.Qwen3Embedder`."""
-    dimensions: int | None = None
-    """MRL output size, 32 up to the model's hidden size."""
-    instruction: str | None = None
-    """Task for queries; None keeps the model's default, "" sends none."""
-
-    _embedder: Qwen3Embedder = PrivateAttr()
-
-    def model_post_init(self, context: Any, /) -> None:
-        """Build the core embedder (or reuse the one passed as ``model``)."""
-        self._embedder = build_embedder(self.model, self.core_options(EMBEDDER_OPTIONS))
-
     @property
     def embedder(self) -> Qwen3Embedder:
         """The core embedder behind this adapter."""
-        return self._embedder
+        core: Qwen3Embedder = self.core
+        return core
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed documents (no instruction)."""
-        return self._embedder.embed_documents(texts).tolist()
+        return self.embedder.embed_documents(texts).tolist()
 
     def embed_query(self, text: str) -> list[float]:
         """Embed one query, with the instruction."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
-        return self._embedder.embed_queries([text], instruction=self.instruction)[0].tolist()
+        return self.embedder.embed_queries([text], instruction=self.instruction)[0].tolist()
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
         """Like :meth:`embed_documents`, in a worker thread so the event loop keeps running."""
@@ -95,7 +99,7 @@ class Qwen3Embeddings(CoreOptions, Embeddings):
         return await asyncio.to_thread(self.embed_query, text)
 
 
-class Qwen3Rerank(CoreOptions, BaseDocumentCompressor):
+class Qwen3Rerank(_RerankerOptions, BaseDocumentCompressor):  # type: ignore[misc]
     """Qwen3-Reranker as a LangChain document compressor.
 
     Returns copies of the best ``top_n`` documents, best first, each with
@@ -103,8 +107,9 @@ class Qwen3Rerank(CoreOptions, BaseDocumentCompressor):
     in ``ContextualCompressionRetriever``, or in LCEL through :meth:`as_runnable`.
 
     The instruction comes from, in order: the ``instruction`` argument of
-    :meth:`compress_documents`; the run's config metadata under
-    :data:`INSTRUCTION_METADATA_KEY`; the ``instruction`` field; the model's default.
+    :meth:`compress_documents` (or the ``"instruction"`` key of :meth:`as_runnable`'s input);
+    the run's config metadata under :data:`INSTRUCTION_METADATA_KEY`; the ``instruction``
+    field; the model's default.
 
     Example:
         >>> rerank = Qwen3Rerank(model="Qwen/Qwen3-Reranker-0.6B", top_n=3)  # doctest: +SKIP
@@ -112,27 +117,16 @@ class Qwen3Rerank(CoreOptions, BaseDocumentCompressor):
         ...     base_compressor=rerank, base_retriever=store.as_retriever(search_kwargs={"k": 20}))
     """
 
-    model: str | Qwen3Reranker = DEFAULT_RERANKER_MODEL
-    """Hub id, local folder, or a built :class:`~qwen3_rag.Qwen3Reranker`."""
-    top_n: int | None = Field(default=3, ge=1)
-    """Documents to keep; None keeps all."""
-    score_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
-    """Drop documents scoring below this."""
-    instruction: str | None = None
-    """Instruction for every call; None keeps the model's default."""
-    share_prefix: bool | None = None
-    """Reuse the shared prompt prefix across documents (default True)."""
-
-    _reranker: Qwen3Reranker = PrivateAttr()
-
-    def model_post_init(self, context: Any, /) -> None:
-        """Build the core reranker (or reuse the one passed as ``model``)."""
-        self._reranker = build_reranker(self.model, self.core_options(RERANKER_OPTIONS))
+    top_n: int | None = Field(default=3, description="Documents to keep; None keeps all.")
+    score_threshold: float | None = Field(
+        default=None, description="Drop documents scoring below this, in [0, 1]."
+    )
 
     @property
     def reranker(self) -> Qwen3Reranker:
         """The core reranker behind this adapter."""
-        return self._reranker
+        core: Qwen3Reranker = self.core
+        return core
 
     def compress_documents(
         self,
@@ -158,16 +152,18 @@ class Qwen3Rerank(CoreOptions, BaseDocumentCompressor):
         if instruction is None and isinstance(callbacks, BaseCallbackManager):
             instruction = callbacks.inheritable_metadata.get(INSTRUCTION_METADATA_KEY)
         instruction = self.instruction if instruction is None else instruction
-        scores = self._reranker.score(query, [d.page_content for d in documents], instruction)
-        order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-        kept = filter_by_threshold(
-            [(i, scores[i]) for i in order], self.top_n, self.score_threshold
+        results = self.reranker.rerank(
+            query,
+            [d.page_content for d in documents],
+            top_n=self.top_n,
+            instruction=instruction,
+            score_threshold=self.score_threshold,
         )
         out = []
-        for i, score in kept:
-            doc = documents[i]
+        for result in results:
+            doc = documents[result.index]
             metadata = deepcopy(doc.metadata)
-            metadata["relevance_score"] = score
+            metadata["relevance_score"] = result.score
             out.append(doc.model_copy(update={"metadata": metadata}))
         return out
 
@@ -185,12 +181,38 @@ class Qwen3Rerank(CoreOptions, BaseDocumentCompressor):
         )
 
     def as_runnable(self) -> Runnable[dict[str, Any], list[Document]]:
-        """An LCEL step taking ``{"query": str, "documents": [...]}`` and returning the best."""
+        """An LCEL step: ``{"query": str, "documents": [...], "instruction": str}`` -> the best.
 
-        def run(inputs: dict[str, Any]) -> list[Document]:
-            return list(self.compress_documents(inputs["documents"], inputs["query"]))
+        ``"instruction"`` is optional; without it the run's config metadata under
+        :data:`INSTRUCTION_METADATA_KEY` applies, then the ``instruction`` field.
+        """
 
-        async def arun(inputs: dict[str, Any]) -> list[Document]:
-            return list(await self.acompress_documents(inputs["documents"], inputs["query"]))
+        def arguments(inputs: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
+            if not isinstance(inputs, dict):
+                raise TypeError(
+                    'Qwen3Rerank.as_runnable() takes {"query": ..., "documents": [...]}, '
+                    f"got {type(inputs).__name__}"
+                )
+            unknown = sorted(set(inputs) - {"query", "documents", "instruction"})
+            missing = sorted({"query", "documents"} - set(inputs))
+            if unknown or missing:
+                raise ValueError(
+                    'Qwen3Rerank.as_runnable() takes {"query", "documents", "instruction"}; '
+                    f"missing {missing}, unknown {unknown}"
+                )
+            instruction = inputs.get("instruction")
+            if instruction is None:
+                instruction = (config.get("metadata") or {}).get(INSTRUCTION_METADATA_KEY)
+            return {
+                "documents": inputs["documents"],
+                "query": inputs["query"],
+                "instruction": instruction,
+            }
+
+        def run(inputs: dict[str, Any], config: RunnableConfig) -> list[Document]:
+            return list(self.compress_documents(**arguments(inputs, config)))
+
+        async def arun(inputs: dict[str, Any], config: RunnableConfig) -> list[Document]:
+            return list(await self.acompress_documents(**arguments(inputs, config)))
 
         return RunnableLambda(run, afunc=arun, name="Qwen3Rerank")

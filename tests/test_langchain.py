@@ -104,7 +104,7 @@ def test_built_core_object_is_used_and_conflicting_options_refused(embed_eos_pat
     assert Qwen3Embeddings(model=core).embedder is core
     with pytest.raises(ValueError, match="dimensions"):
         Qwen3Embeddings(model=core, dimensions=32)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not_an_option"):
         Qwen3Embeddings(model=embed_eos_path, not_an_option=1)
 
 
@@ -134,7 +134,7 @@ def test_threshold_and_top_n(reranker_path):
     cut = sorted(scores)[1]
     kept = Qwen3Rerank(model=reranker_path, max_length=256, top_n=None, score_threshold=cut)
     assert len(kept.compress_documents(DOCS, "q")) == len(DOCS) - 1
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="top_n must be a positive int, got 0"):
         Qwen3Rerank(model=reranker_path, top_n=0)
 
 
@@ -208,3 +208,25 @@ def test_lcel_runnable(rerank):
     out = chain.invoke("capital")
     assert out == list(rerank.compress_documents(DOCS, "capital"))
     assert asyncio.run(chain.ainvoke("capital")) == out
+
+
+def test_lcel_runnable_takes_the_instruction_from_input_or_run_metadata(rerank):
+    from langchain_core.runnables import RunnableLambda
+
+    want = rerank.compress_documents(DOCS, "capital", instruction="Find code")
+    plain = rerank.compress_documents(DOCS, "capital")
+    assert [d.metadata["relevance_score"] for d in want] != [
+        d.metadata["relevance_score"] for d in plain
+    ]
+    step = rerank.as_runnable()
+    by_input = step.invoke({"query": "capital", "documents": DOCS, "instruction": "Find code"})
+    assert by_input == list(want)
+    chain = RunnableLambda(lambda q: {"query": q, "documents": DOCS}) | step
+    config = {"metadata": {INSTRUCTION_METADATA_KEY: "Find code"}}
+    assert chain.invoke("capital", config=config) == list(want)
+    assert asyncio.run(chain.ainvoke("capital", config=config)) == list(want)
+    # The input key wins over the run metadata; "" means no instruction.
+    empty = step.invoke({"query": "capital", "documents": DOCS, "instruction": ""}, config=config)
+    assert empty == list(rerank.compress_documents(DOCS, "capital", instruction=""))
+    with pytest.raises(ValueError, match=r"missing \['documents'\], unknown \['docs'\]"):
+        step.invoke({"query": "capital", "docs": DOCS})

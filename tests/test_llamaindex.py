@@ -157,3 +157,108 @@ def test_vector_store_index_on_chroma_with_rerank(embed_model, rerank, tmp_path)
     assert len(reranked) == 3
     assert [n.score for n in reranked] == sorted((n.score for n in reranked), reverse=True)
     assert all("retrieval_score" in n.node.metadata for n in reranked)
+
+
+# -- model_name is the model (#10.2) ---------------------------------------------------------
+
+
+def test_model_name_names_the_model_that_runs(embed_plain_path, embed_eos_path):
+    by_name = Qwen3Embedding(model_name=embed_plain_path)
+    assert by_name.model == by_name.model_name == embed_plain_path
+    np.testing.assert_array_equal(
+        np.asarray(by_name.get_text_embedding("x"), dtype=np.float32),
+        Qwen3Embedder(embed_plain_path).embed_documents(["x"])[0],
+    )
+    core = Qwen3Embedder(embed_eos_path, dimensions=32)
+    with pytest.raises(ValueError, match="name different models"):
+        Qwen3Embedding(model=core, model_name="Qwen/Qwen3-Embedding-8B")
+    with pytest.raises(ValueError, match="name different models"):
+        Qwen3Embedding(model=embed_eos_path, model_name=embed_plain_path)
+    assert Qwen3Embedding(model=core).model_name == embed_eos_path
+    assert Qwen3Embedding(model=core, model_name=embed_eos_path).embedder is core
+    by_name.model_name = embed_eos_path  # switches the model, like model= does
+    assert by_name.embedder.model_name == by_name.model == embed_eos_path
+    by_name.model = core
+    assert by_name.model_name == embed_eos_path and len(by_name.get_query_embedding("q")) == 32
+
+
+# -- instructions ---------------------------------------------------------------------------
+
+
+def test_empty_query_bundle_instruction_means_none(rerank, reranker_path):
+    core = Qwen3Reranker(reranker_path, max_length=256)
+    nodes = _nodes()
+    texts = [n.node.get_content(metadata_mode="embed") for n in nodes]
+    want = sorted(core.score("q", texts, instruction=""), reverse=True)[:3]
+    out = rerank.postprocess_nodes(nodes, Qwen3QueryBundle("q", instruction=""))
+    assert [n.score for n in out] == want
+    assert want != sorted(core.score("q", texts), reverse=True)[:3]
+
+
+# -- caches (#17.4, #17.10) -----------------------------------------------------------------
+
+
+def test_ingestion_cache_keeps_configurations_apart(embed_eos_path):
+    from llama_index.core import Document
+    from llama_index.core.ingestion import IngestionCache, IngestionPipeline
+    from llama_index.core.node_parser import SentenceSplitter
+
+    cache = IngestionCache()
+    docs = [Document(text=t, id_=f"d{i}") for i, t in enumerate(TEXTS)]
+    lengths = []
+    for dims in (32, 48):
+        embed = Qwen3Embedding(model=Qwen3Embedder(embed_eos_path, dimensions=dims))
+        pipeline = IngestionPipeline(transformations=[SentenceSplitter(), embed], cache=cache)
+        lengths.append({len(n.embedding) for n in pipeline.run(documents=docs)})
+    assert lengths == [{32}, {48}]
+    first = Qwen3Embedding(model=Qwen3Embedder(embed_eos_path, dimensions=32)).to_dict()
+    second = Qwen3Embedding(model=embed_eos_path, dimensions=32).to_dict()
+    assert first == second  # the same output: the same key, however the model was given
+
+
+def test_embeddings_cache_keeps_queries_and_documents_apart(embed_eos_path):
+    from llama_index.core.storage.kvstore import SimpleKVStore
+
+    core = Qwen3Embedder(embed_eos_path, max_length=128)
+    embed = Qwen3Embedding(model=core, embeddings_cache=SimpleKVStore())
+    text = TEXTS[0]
+    doc = embed.get_text_embedding_batch([text])[0]
+    query = embed.get_query_embedding(text)
+    np.testing.assert_array_equal(
+        np.asarray(doc, dtype=np.float32), core.embed_documents([text])[0]
+    )
+    np.testing.assert_array_equal(
+        np.asarray(query, dtype=np.float32), core.embed_queries([text])[0]
+    )
+    assert asyncio.run(embed.aget_query_embedding(text)) == query
+    assert embed.get_text_embedding(text) == doc  # and the document is not overwritten
+
+
+# -- legacy callbacks (#17.6) ---------------------------------------------------------------
+
+
+def test_query_engine_sees_the_legacy_reranking_event(embed_model, reranker_path):
+    from llama_index.core import Document, VectorStoreIndex
+    from llama_index.core.callbacks import CallbackManager, CBEventType, LlamaDebugHandler
+    from llama_index.core.llms import MockLLM
+    from llama_index.core.query_engine import RetrieverQueryEngine
+
+    debug = LlamaDebugHandler(print_trace_on_end=False)
+    callbacks = CallbackManager([debug])
+    rerank = Qwen3Rerank(model=reranker_path, max_length=256, top_n=3)
+    index = VectorStoreIndex.from_documents(
+        [Document(text=t) for t in TEXTS], embed_model=embed_model, callback_manager=callbacks
+    )
+    engine = RetrieverQueryEngine.from_args(
+        index.as_retriever(similarity_top_k=5),
+        llm=MockLLM(),
+        node_postprocessors=[rerank],
+        callback_manager=callbacks,
+    )
+    response = engine.query("capital of China")
+    pairs = debug.get_event_pairs(CBEventType.RERANKING)
+    assert len(pairs) == 1
+    start, end = pairs[0]
+    assert start.payload["query_str"] == "capital of China"
+    assert len(start.payload["nodes"]) == 5
+    assert [n.score for n in end.payload["nodes"]] == [n.score for n in response.source_nodes]
