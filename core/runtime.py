@@ -19,7 +19,6 @@ from .errors import ModelLoadError, NonFiniteOutputError
 from .loading import (
     MODEL_CACHE,
     LoadedModel,
-    ModelCache,
     check_qwen3_config,
     load_tokenizer,
     resolve_attn_implementation,
@@ -93,13 +92,13 @@ def check_positive_int(value: object, name: str) -> int:
     return value
 
 
-def _check_official_kind(model: object, kind: str) -> None:
+def _check_official_kind(model: str | os.PathLike[str], kind: str) -> None:
     """Refuse an official checkpoint of the other kind by its hub id, before any download.
 
     Loaded as the wrong kind, either checkpoint runs without error and gives meaningless
     numbers, so this is the one chance to say so.
     """
-    described = describe_model(model) if isinstance(model, (str, os.PathLike)) else None
+    described = describe_model(model)
     if described is not None and described.kind != kind:
         right = "Qwen3Embedder" if described.kind == "embedding" else "Qwen3Reranker"
         raise ModelLoadError(
@@ -120,8 +119,6 @@ class Qwen3Runtime:
     """
 
     _kind = "base"
-    #: Where models are loaded and shared (a class attribute, so tests can give a class its own).
-    _model_cache: ModelCache = MODEL_CACHE
 
     def __init__(self, model: str | os.PathLike[str], config: RuntimeConfig) -> None:
         #: The options in effect (frozen); adapters and stores read them from here.
@@ -158,8 +155,9 @@ class Qwen3Runtime:
             DEFAULT_BATCH_TOKENS_CPU if self.device.type == "cpu" else DEFAULT_BATCH_TOKENS_GPU
         )
         #: Token budget that last worked after an out-of-memory retry (None: never reduced).
-        #: Per instance: another instance on the same weights may run smaller batches or
-        #: another device's worth of memory, and must not inherit this one's back-off.
+        #: Per instance: an out-of-memory error tells what fitted at that moment under this
+        #: instance's options; other users of the same weights keep their own budget, and a
+        #: new instance starts from the configured one.
         self._reduced_budget: int | None = None
         key = (
             self._kind,
@@ -178,7 +176,7 @@ class Qwen3Runtime:
         self._packed = (
             self.device.type == "cpu" and self.attn_implementation == "sdpa" and not self.compile
         )
-        self._loaded: LoadedModel = self._model_cache.get_or_load(key, lambda: self._load(key))
+        self._loaded: LoadedModel = MODEL_CACHE.get_or_load(key, lambda: self._load(key))
 
     # -- loading ---------------------------------------------------------------------------
     def _load(self, key: tuple[Any, ...]) -> LoadedModel:
