@@ -34,7 +34,7 @@ $(FLOOR_VENV)/.installed: pyproject.toml
 
 test-floor: $(FLOOR_VENV)/.installed  ## Core tests on the oldest supported transformers
 	$(FLOOR_VENV)/bin/python -c "import transformers; assert transformers.__version__ == '$(TRANSFORMERS_FLOOR)'.split('==')[1]"
-	$(FLOOR_VENV)/bin/python -m pytest tests/test_core_exactness.py tests/test_core_units.py
+	$(FLOOR_VENV)/bin/python -m pytest tests/test_core_exactness.py tests/test_core_units.py tests/test_compat.py
 
 lint: venv  ## ruff check
 	$(VENV)/bin/ruff check .

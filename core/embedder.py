@@ -13,7 +13,14 @@ from .loading import LoadedModel, from_pretrained_kwargs
 from .packing import pack, packed_model_kwargs
 from .pooling import last_token_pool, truncate_and_normalize
 from .runtime import Qwen3Runtime, check_instruction, check_texts, make_config
-from .spec import DEFAULT_EMBEDDING_MODEL, EMBEDDING_EOS_TOKEN, MIN_DIMENSIONS, format_query
+from .spec import (
+    DEFAULT_EMBEDDING_MODEL,
+    EMBEDDING_EOS_TOKEN,
+    MIN_DIMENSIONS,
+    PAD_TOKEN,
+    describe_model,
+    format_query,
+)
 from .tokenization import SafeTokenizer
 
 
@@ -54,6 +61,18 @@ class Qwen3Embedder(Qwen3Runtime):
         **options: Any,
     ) -> None:
         cfg = make_config(EmbedderConfig, config, options)
+        described = describe_model(model)
+        # An official model's width is known: a bad value fails before any download.
+        if (
+            described is not None
+            and described.kind == "embedding"
+            and cfg.dimensions is not None
+            and cfg.dimensions > described.hidden_size
+        ):
+            raise ValueError(
+                f"dimensions={cfg.dimensions} is out of range: {described.model} supports "
+                f"{described.min_dimensions} to {described.hidden_size}"
+            )
         self.instruction = cfg.instruction
         super().__init__(model, cfg)
         self.config: EmbedderConfig = cfg
@@ -84,9 +103,9 @@ class Qwen3Embedder(Qwen3Runtime):
             extras={
                 "tokenizer": tokenizer,
                 "eos_id": eos_id,
-                # Padding never reaches the model's result (the mask hides it); the official
-                # tokenizer pads with <|endoftext|>, so do we.
-                "pad_id": eos_id,
+                # Padding never reaches the model's result (the mask hides it); we pad with the
+                # official tokenizer's pad token all the same.
+                "pad_id": tokenizer.token_id(PAD_TOKEN),
                 "hidden_size": int(config.hidden_size),
             },
         )

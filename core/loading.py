@@ -1,4 +1,4 @@
-"""Safe model loading, device and dtype resolution, and the process-wide model registry."""
+"""Safe model loading, device and dtype resolution, and the process-wide model cache."""
 
 from __future__ import annotations
 
@@ -164,7 +164,7 @@ def resolve_model_dir(
         local = snapshot_download(
             repo_id=text,
             revision=revision,
-            cache_dir=cache_dir,
+            cache_dir=None if cache_dir is None else os.fspath(cache_dir),
             local_files_only=offline,
             allow_patterns=_HUB_PATTERNS,
         )
@@ -197,42 +197,103 @@ def _check_model_dir(path: Path) -> None:
 
 @dataclass(eq=False)
 class LoadedModel:
-    """Weights, tokenizer and the lock that serialises forwards, shared by every user of a model."""
+    """Weights, tokenizer and the lock that serialises forwards, shared by every user of a model.
+
+    Only what is the same for every user lives here; per-instance state (options, the token
+    budget after an out-of-memory retry) stays on the embedder or reranker.
+    """
 
     key: tuple[Any, ...]
     model: torch.nn.Module
     extras: dict[str, Any] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    #: Token budget that last worked after an out-of-memory retry (None: never reduced).
-    reduced_budget: int | None = None
     __weakref__: Any = field(default=None, init=False, repr=False, compare=False)
 
 
-_registry: weakref.WeakValueDictionary[tuple[Any, ...], LoadedModel] = weakref.WeakValueDictionary()
-_registry_lock = threading.Lock()
-_key_locks: dict[tuple[Any, ...], threading.Lock] = {}
+class _KeyLock:
+    """The lock one key's load holds, and how many callers hold or wait for it."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
 
 
-def get_or_load(key: tuple[Any, ...], loader: Callable[[], LoadedModel]) -> LoadedModel:
-    """Return the live model registered under ``key``, loading it once if there is none.
+class ModelCache:
+    """Loaded models by key: each loaded once, shared while anyone uses it.
+
+    Lifetime: models are held weakly. An entry lives exactly as long as something else refers
+    to its :class:`LoadedModel` -- in practice the embedders and rerankers built on it. When
+    the last of them is gone, the weights are freed (at once in CPython, or at the next garbage
+    collection if a reference cycle holds them) and the entry disappears; the next constructor
+    with that key loads again. Nothing is ever evicted while in use, and nothing outlives its
+    users, so the cache needs no size limit and no ``clear()``.
 
     Concurrent callers with the same key wait for one load; different keys load in parallel.
-    Models are held weakly, so weights are freed when the last embedder/reranker using them goes.
+    The per-key lock exists only while a load of that key is in progress or awaited.
+
+    Example:
+        >>> cache = ModelCache()
+        >>> model = cache.get_or_load(("k",), lambda: LoadedModel(("k",), torch.nn.Identity()))
+        >>> ("k",) in cache, len(cache)
+        (True, 1)
+        >>> del model
+        >>> ("k",) in cache, len(cache)
+        (False, 0)
     """
-    with _registry_lock:
-        found = _registry.get(key)
-        if found is not None:
-            return found
-        key_lock = _key_locks.setdefault(key, threading.Lock())
-    with key_lock:
-        with _registry_lock:
-            found = _registry.get(key)
-        if found is not None:
-            return found
-        loaded = loader()
-        with _registry_lock:
-            _registry[key] = loaded
-        return loaded
+
+    def __init__(self) -> None:
+        self._models: weakref.WeakValueDictionary[tuple[Any, ...], LoadedModel] = (
+            weakref.WeakValueDictionary()
+        )
+        self._lock = threading.Lock()
+        self._key_locks: dict[tuple[Any, ...], _KeyLock] = {}
+
+    def get_or_load(self, key: tuple[Any, ...], loader: Callable[[], LoadedModel]) -> LoadedModel:
+        """Return the live model registered under ``key``, calling ``loader`` once if there is none.
+
+        Args:
+            key: Everything that makes two loads different (path, revision, device, dtype, ...).
+            loader: Builds the model; called at most once at a time per key. If it raises, the
+                error reaches this caller and the next caller tries again.
+        """
+        with self._lock:
+            found = self._models.get(key)
+            if found is not None:
+                return found
+            entry = self._key_locks.get(key)
+            if entry is None:
+                entry = self._key_locks[key] = _KeyLock()
+            entry.users += 1
+        try:
+            with entry.lock:
+                with self._lock:
+                    found = self._models.get(key)
+                if found is not None:
+                    return found
+                loaded = loader()
+                with self._lock:
+                    self._models[key] = loaded
+                return loaded
+        finally:
+            with self._lock:
+                entry.users -= 1
+                if entry.users == 0:  # nobody holds or awaits it: the next load makes a new one
+                    del self._key_locks[key]
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._models
+
+    def __len__(self) -> int:
+        """Number of models alive now."""
+        with self._lock:
+            return len(self._models)
+
+
+#: The cache every :class:`~qwen3_rag.core.Qwen3Embedder` and reranker loads through.
+MODEL_CACHE = ModelCache()
 
 
 #: Oldest transformers this library runs on, and the one CI tests besides the newest: it has

@@ -6,7 +6,7 @@ attention needs to know where one input ends: :func:`packed_sdpa` runs PyTorch's
 input (causal, optionally after a shared cached prefix), and each input's positions restart at
 its own offset, so RoPE sees exactly the positions it would see alone.
 
-The function is registered with transformers' ``AttentionInterface`` under
+The function is registered with transformers (through :mod:`.compat`) under
 :data:`PACKED_SDPA`; called without segments it is transformers' own SDPA attention, so a model
 loaded with it behaves as an ``"sdpa"`` model everywhere else.
 """
@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from .compat import maskless_forward_kwargs, register_attention, sdpa_attention
 
 #: Name of the attention implementation a packing model is loaded with.
 PACKED_SDPA = "qwen3_rag_packed_sdpa"
@@ -80,12 +82,12 @@ def pack(
 
 
 def packed_model_kwargs(segments: Segments) -> dict[str, Any]:
-    """Extra ``model(...)`` arguments for a packed row.
+    """Extra ``model(...)`` arguments for a packed row: the segments, and no mask.
 
-    The precomputed (empty) mask mapping stops transformers from building a
-    ``total x total`` mask that the segments make unnecessary.
+    transformers would otherwise build a ``total x total`` mask that the segments make
+    unnecessary.
     """
-    return {"attention_mask": {"full_attention": None}, SEGMENTS_KWARG: segments}
+    return maskless_forward_kwargs({SEGMENTS_KWARG: segments})
 
 
 def packed_sdpa(
@@ -110,11 +112,9 @@ def packed_sdpa(
         ``[1, total, heads, head_dim]`` and None (no attention weights), as transformers'
         attention functions return.
     """
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     segments: Segments | None = kwargs.pop(SEGMENTS_KWARG, None)
     if segments is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+        return sdpa_attention(module, query, key, value, attention_mask, **kwargs)
     if attention_mask is not None or query.shape[0] != 1:
         raise ValueError("a packed row takes no attention mask and has batch size 1")
     scaling = kwargs.get("scaling")
@@ -128,12 +128,12 @@ def packed_sdpa(
             k = torch.cat([key[:, :, :p], key[:, :, p + start : p + end]], dim=2)
             v = torch.cat([value[:, :, :p], value[:, :, p + start : p + end]], dim=2)
             mask = torch.ones(end - start, p + end - start, dtype=torch.bool, device=q.device)
-            o, _ = sdpa_attention_forward(
+            o, _ = sdpa_attention(
                 module, q, k, v, mask.tril(diagonal=p)[None, None], scaling=scaling
             )
         else:
             k, v = key[:, :, start:end], value[:, :, start:end]
-            o, _ = sdpa_attention_forward(module, q, k, v, None, scaling=scaling, is_causal=True)
+            o, _ = sdpa_attention(module, q, k, v, None, scaling=scaling, is_causal=True)
         out[:, start:end] = o
     return out, None
 
@@ -145,9 +145,5 @@ def register_packed_sdpa() -> str:
     Returns:
         The implementation name to load models with.
     """
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(PACKED_SDPA, packed_sdpa)
-    AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)
+    register_attention(PACKED_SDPA, packed_sdpa)
     return PACKED_SDPA

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from .compat import (
+    cache_forward_kwargs,
+    causal_lm_backbone,
+    freeze_prefix_cache,
+    new_prefix_cache,
+)
 from .config import RerankerConfig
 from .errors import ModelLoadError, OutOfMemoryError
 from .loading import LoadedModel, from_pretrained_kwargs
@@ -23,6 +28,7 @@ from .runtime import (
 )
 from .spec import (
     DEFAULT_RERANKER_MODEL,
+    PAD_TOKEN,
     RERANK_NO,
     RERANK_PREFIX,
     RERANK_SUFFIX,
@@ -117,8 +123,7 @@ class Qwen3Reranker(Qwen3Runtime):
         # One float32 row replaces the 151,669-row LM head; built from the checkpoint's own
         # precision so the difference is not rounded a second time.
         head = (weight[yes_id].float() - weight[no_id].float()).detach().to(self.device)
-        # ``base_model`` (the ``model`` attribute): ``get_decoder()`` returns None in 4.56.0.
-        backbone = causal.base_model
+        backbone = causal_lm_backbone(causal)
         del causal, weight  # an untied LM head (8B) is freed here
         backbone.to(self.device).eval()
         backbone.requires_grad_(False)
@@ -128,7 +133,7 @@ class Qwen3Reranker(Qwen3Runtime):
             extras={
                 "tokenizer": tokenizer,
                 "head": head,
-                "pad_id": tokenizer.token_id("<|endoftext|>"),
+                "pad_id": tokenizer.token_id(PAD_TOKEN),
                 "prefix_ids": tokenizer.encode_template(RERANK_PREFIX),
                 "suffix_ids": tokenizer.encode_template(RERANK_SUFFIX),
                 "hidden_size": int(config.hidden_size),
@@ -238,16 +243,17 @@ class Qwen3Reranker(Qwen3Runtime):
 
     def _prefix_cache(self, ids: list[int]) -> Any:
         tensor = torch.tensor([ids], dtype=torch.long, device=self.device)
-        cache = _prefix_cache_class()()
+        cache = new_prefix_cache()
         try:
             with self._lock, torch.inference_mode():
-                self._loaded.model(input_ids=tensor, past_key_values=cache, use_cache=True)
+                self._loaded.model(input_ids=tensor, **cache_forward_kwargs(cache))
         except torch.cuda.OutOfMemoryError as e:  # one row: nothing left to split
             raise OutOfMemoryError(
                 f"out of accelerator memory on the shared prefix ({len(ids)} tokens). "
                 f"{self._oom_advice()}"
             ) from e
-        cache.frozen = True
+        # Read-only from here: one prefix serves every batch, storing none of their states.
+        freeze_prefix_cache(cache)
         return cache
 
     def _forward(
@@ -262,8 +268,7 @@ class Qwen3Reranker(Qwen3Runtime):
                 out = model(
                     input_ids=input_ids,
                     position_ids=positions,
-                    past_key_values=cache,
-                    use_cache=cache is not None,
+                    **cache_forward_kwargs(cache),
                     **packed_model_kwargs(segments),
                 )
                 hidden = out.last_hidden_state[0, segments.last_positions].float()
@@ -273,7 +278,7 @@ class Qwen3Reranker(Qwen3Runtime):
         with self._lock, torch.inference_mode():
             if cache is None:
                 attn = None if bool(mask.all()) else mask
-                out = model(input_ids=input_ids, attention_mask=attn, use_cache=False)
+                out = model(input_ids=input_ids, attention_mask=attn, **cache_forward_kwargs(None))
             else:
                 # Rows continue the cached prefix: positions count on from it, and the prefix
                 # is visible to every row (ones in the mask), the row's own padding is not.
@@ -283,8 +288,7 @@ class Qwen3Reranker(Qwen3Runtime):
                     input_ids=input_ids,
                     attention_mask=full_mask,
                     position_ids=positions,
-                    past_key_values=cache,
-                    use_cache=True,
+                    **cache_forward_kwargs(cache),
                 )
             # Left padding: the last position is each row's final real token.
             hidden = out.last_hidden_state[:, -1].float()
@@ -316,37 +320,3 @@ def _common_prefix_len(seqs: list[list[int]]) -> int:
     while n < limit and all(s[n] == first[n] for s in seqs):
         n += 1
     return n
-
-
-@functools.cache
-def _prefix_cache_class() -> type:
-    """A ``DynamicCache`` that stores the shared prefix once, then stays read-only.
-
-    Frozen, each layer's ``update`` returns the prefix (broadcast to the batch's rows) joined
-    with the batch's own keys/values and stores nothing: the batch's keys/values are freed as
-    soon as the layer is done, instead of accumulating for all layers (hundreds of MB for a
-    32-document batch), and one prefix cache serves every batch unchanged.
-    """
-    from transformers import DynamicCache
-
-    class SharedPrefixCache(DynamicCache):  # type: ignore[misc]
-        frozen = False
-
-        def update(
-            self,
-            key_states: torch.Tensor,
-            value_states: torch.Tensor,
-            layer_idx: int,
-            *args: Any,
-            **kwargs: Any,
-        ) -> tuple[torch.Tensor, torch.Tensor]:
-            if not self.frozen:
-                return super().update(key_states, value_states, layer_idx, *args, **kwargs)
-            keys, values = self.layers[layer_idx].keys, self.layers[layer_idx].values
-            rows = key_states.shape[0]
-            return (
-                torch.cat([keys.expand(rows, -1, -1, -1), key_states], dim=-2),
-                torch.cat([values.expand(rows, -1, -1, -1), value_states], dim=-2),
-            )
-
-    return SharedPrefixCache

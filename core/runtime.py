@@ -7,7 +7,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -15,11 +15,11 @@ from tqdm.auto import tqdm
 
 from .batching import batch_cost, plan_batches, run_with_oom_backoff
 from .config import C, RuntimeConfig, build_config
-from .errors import NonFiniteOutputError
+from .errors import ModelLoadError, NonFiniteOutputError
 from .loading import (
+    MODEL_CACHE,
     LoadedModel,
     check_qwen3_config,
-    get_or_load,
     load_tokenizer,
     resolve_attn_implementation,
     resolve_device,
@@ -27,6 +27,7 @@ from .loading import (
     resolve_model_dir,
 )
 from .packing import register_packed_sdpa
+from .spec import describe_model
 from .tokenization import SafeTokenizer
 
 logger = logging.getLogger(__name__)
@@ -91,11 +92,30 @@ def check_positive_int(value: object, name: str) -> int:
     return value
 
 
+def _check_official_kind(model: str | os.PathLike[str], kind: str) -> None:
+    """Refuse an official checkpoint of the other kind by its hub id, before any download.
+
+    Loaded as the wrong kind, either checkpoint runs without error and gives meaningless
+    numbers, so this is the one chance to say so.
+    """
+    described = describe_model(model)
+    if described is not None and described.kind != kind:
+        right = "Qwen3Embedder" if described.kind == "embedding" else "Qwen3Reranker"
+        raise ModelLoadError(
+            f"model={described.model!r} is a {described.kind} model, and this class runs "
+            f"{kind} models; load it with {right}"
+        )
+
+
 class Qwen3Runtime:
     """Base class: loads a Qwen3 checkpoint once per process and runs token-budget batches.
 
     Subclasses set ``_kind`` and implement ``_build``, which turns the loaded config, weights and
     tokenizer into a :class:`LoadedModel`.
+
+    Instances with the same weights, device, dtype and kernel share one :class:`LoadedModel`
+    through :data:`~qwen3_rag.core.loading.MODEL_CACHE` (freed with the last of them); all other
+    state, the token budget after an out-of-memory retry included, is per instance.
     """
 
     _kind = "base"
@@ -113,6 +133,7 @@ class Qwen3Runtime:
         self.show_progress = config.show_progress
         device, dtype, batch_tokens = config.device, config.dtype, config.batch_tokens
         revision, compile = config.revision, config.compile
+        _check_official_kind(model, self._kind)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.attn_implementation = resolve_attn_implementation(
@@ -133,6 +154,11 @@ class Qwen3Runtime:
         self._batch_tokens = batch_tokens or (
             DEFAULT_BATCH_TOKENS_CPU if self.device.type == "cpu" else DEFAULT_BATCH_TOKENS_GPU
         )
+        #: Token budget that last worked after an out-of-memory retry (None: never reduced).
+        #: Per instance: an out-of-memory error tells what fitted at that moment under this
+        #: instance's options; other users of the same weights keep their own budget, and a
+        #: new instance starts from the configured one.
+        self._reduced_budget: int | None = None
         key = (
             self._kind,
             str(self.model_dir),
@@ -150,7 +176,7 @@ class Qwen3Runtime:
         self._packed = (
             self.device.type == "cpu" and self.attn_implementation == "sdpa" and not self.compile
         )
-        self._loaded: LoadedModel = get_or_load(key, lambda: self._load(key))
+        self._loaded: LoadedModel = MODEL_CACHE.get_or_load(key, lambda: self._load(key))
 
     # -- loading ---------------------------------------------------------------------------
     def _load(self, key: tuple[Any, ...]) -> LoadedModel:
@@ -168,7 +194,8 @@ class Qwen3Runtime:
         if self.compile:
             # Fuses the norms, RoPE and activations that dominate a GPU forward (measured
             # 1.7-1.8x on an H100 at 512 tokens); dynamic shapes avoid one compile per shape.
-            loaded.model = torch.compile(loaded.model, dynamic=True)
+            # torch.compile of a Module returns an OptimizedModule, itself a Module.
+            loaded.model = cast(torch.nn.Module, torch.compile(loaded.model, dynamic=True))
         return loaded
 
     def _build(self, key: tuple[Any, ...], config: Any, tokenizer: SafeTokenizer) -> LoadedModel:
@@ -187,13 +214,13 @@ class Qwen3Runtime:
 
     @property
     def hidden_size(self) -> int:
-        """Width of the model's hidden state (1024, 2560 or 4096 for the official sizes)."""
+        """Width of the model's hidden state (see :data:`~qwen3_rag.core.spec.OFFICIAL_MODELS`)."""
         return int(self._loaded.extras["hidden_size"])
 
     @property
     def batch_tokens(self) -> int:
         """Tokens computed per forward (padding included); lowered after an out-of-memory retry."""
-        reduced = self._loaded.reduced_budget
+        reduced = self._reduced_budget
         return min(self._batch_tokens, reduced) if reduced else self._batch_tokens
 
     # -- the batch loop --------------------------------------------------------------------
@@ -226,14 +253,13 @@ class Qwen3Runtime:
             else len(batches) >= AUTO_PROGRESS_MIN_BATCHES
         )
         results: list[T | None] = [None] * len(lengths)
-        loaded = self._loaded
 
         def remember(rows: int) -> None:
             # The ``rows`` longest inputs of the batch bound the half that is retried next;
             # what they cost becomes the budget.
             longest = sorted((lengths[i] for i in batch), reverse=True)[:rows]
             budget = max(1, batch_cost(longest, self._packed))
-            loaded.reduced_budget = min(loaded.reduced_budget or budget, budget)
+            self._reduced_budget = min(self._reduced_budget or budget, budget)
 
         advice = self._oom_advice()
         with tqdm(total=len(lengths), desc=desc, unit="text", disable=not show) as bar:

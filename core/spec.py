@@ -7,6 +7,10 @@ user turn with ``\\n\\n``; ``examples/`` uses another default instruction) the m
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+from typing import Literal
+
 DEFAULT_EMBEDDING_MODEL = "Qwen/Qwen3-Embedding-0.6B"
 DEFAULT_RERANKER_MODEL = "Qwen/Qwen3-Reranker-0.6B"
 
@@ -17,8 +21,14 @@ DEFAULT_TASK = "Given a web search query, retrieve relevant passages that answer
 #: ``<|endoftext|>`` (151643), *not* the tokenizer's ``eos_token`` (``<|im_end|>``, 151645).
 EMBEDDING_EOS_TOKEN = "<|endoftext|>"
 
+#: The tokenizers' padding token. Padding is masked out, so it never reaches a result.
+PAD_TOKEN = "<|endoftext|>"
+
 #: Smallest MRL output dimension the models were trained for.
 MIN_DIMENSIONS = 32
+
+#: Tokens of context the official checkpoints were trained for (both kinds, every size).
+MAX_CONTEXT = 32768
 
 # No space after "Query:": the model card's get_detailed_instruct() writes it this way.
 QUERY_TEMPLATE = "Instruct: {task}\nQuery:{query}"
@@ -36,6 +46,65 @@ RERANK_NO = "no"
 
 #: Name under which the Chroma embedding function registers and persists its config.
 CHROMA_FUNCTION_NAME = "qwen3_rag"
+
+ModelKind = Literal["embedding", "reranker"]
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What one official checkpoint is, known before anything is downloaded.
+
+    Attributes:
+        model: The hub id, e.g. ``"Qwen/Qwen3-Embedding-0.6B"``.
+        kind: ``"embedding"`` (:class:`~qwen3_rag.core.Qwen3Embedder`) or ``"reranker"``
+            (:class:`~qwen3_rag.core.Qwen3Reranker`).
+        size: Parameter count as the model name states it (``"0.6B"``, ``"4B"``, ``"8B"``).
+        hidden_size: Width of the last hidden state: the full embedding length.
+        max_context: Tokens of context the model was trained for.
+        min_dimensions: Smallest MRL output length (embedding models); None for rerankers.
+    """
+
+    model: str
+    kind: ModelKind
+    size: str
+    hidden_size: int
+    max_context: int = MAX_CONTEXT
+    min_dimensions: int | None = None
+
+
+#: Hidden size of each official size (the rerankers share the embedding models' backbones).
+_HIDDEN_SIZES = {"0.6B": 1024, "4B": 2560, "8B": 4096}
+_KINDS: tuple[tuple[ModelKind, str], ...] = (("embedding", "Embedding"), ("reranker", "Reranker"))
+
+#: The official Qwen3-Embedding and Qwen3-Reranker checkpoints.
+OFFICIAL_MODELS: tuple[ModelDescription, ...] = tuple(
+    ModelDescription(
+        model=f"Qwen/Qwen3-{name}-{size}",
+        kind=kind,
+        size=size,
+        hidden_size=hidden,
+        min_dimensions=MIN_DIMENSIONS if kind == "embedding" else None,
+    )
+    for kind, name in _KINDS
+    for size, hidden in _HIDDEN_SIZES.items()
+)
+_BY_HUB_ID = {d.model.lower(): d for d in OFFICIAL_MODELS}
+
+
+def describe_model(model: str | os.PathLike[str]) -> ModelDescription | None:
+    """The description of an official checkpoint by hub id (case-insensitive), else None.
+
+    Local folders and other hub ids return None: nothing is known about them before loading.
+
+    Example:
+        >>> describe_model("Qwen/Qwen3-Embedding-4B").hidden_size
+        2560
+        >>> describe_model("./my-finetune") is None
+        True
+    """
+    if not isinstance(model, str):
+        return None
+    return _BY_HUB_ID.get(model.strip().lower())
 
 
 def format_query(query: str, task: str) -> str:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import doctest
+import gc
 import importlib
 import json
 import logging
@@ -10,6 +13,8 @@ import shutil
 import subprocess
 import sys
 import threading
+import tokenize
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +32,7 @@ from qwen3_rag import (
 )
 from qwen3_rag.core import spec as prompts
 from qwen3_rag.core.batching import plan_batches
+from qwen3_rag.core.loading import MODEL_CACHE, LoadedModel, ModelCache
 from qwen3_rag.core.packing import Segments, pack, packed_sdpa
 from qwen3_rag.core.pooling import last_token_pool, truncate_and_normalize, yes_no_score
 
@@ -56,6 +62,63 @@ def test_reranker_template_is_byte_exact():
     assert prompts.format_rerank_body("Q", "D", "I") == "<Instruct>: I\n<Query>: Q\n<Document>: D"
     assert ReferenceReranker.PREFIX == prompts.RERANK_PREFIX
     assert ReferenceReranker.SUFFIX == prompts.RERANK_SUFFIX
+
+
+def test_official_models_are_described_once():
+    by_id = {d.model: d for d in prompts.OFFICIAL_MODELS}
+    sizes = {"0.6B": 1024, "4B": 2560, "8B": 4096}
+    for kind, name in (("embedding", "Embedding"), ("reranker", "Reranker")):
+        for size, hidden in sizes.items():
+            d = by_id.pop(f"Qwen/Qwen3-{name}-{size}")
+            assert (d.kind, d.size, d.hidden_size, d.max_context) == (kind, size, hidden, 32768)
+            assert d.min_dimensions == (32 if kind == "embedding" else None)
+    assert by_id == {}
+    assert prompts.describe_model("qwen/qwen3-embedding-8b") is prompts.describe_model(
+        "Qwen/Qwen3-Embedding-8B"
+    )
+    assert prompts.describe_model(Path("Qwen/Qwen3-Embedding-8B")) is None  # a folder
+    assert prompts.describe_model("Qwen/Qwen3-Embedding-2B") is None
+    with pytest.raises(dataclasses.FrozenInstanceError, match="hidden_size"):
+        prompts.OFFICIAL_MODELS[0].hidden_size = 1  # type: ignore[misc]
+
+
+def test_model_facts_are_not_restated_outside_spec():
+    # String and number literals equal to a fact of spec.py may appear only there.
+    facts = {
+        prompts.PAD_TOKEN,
+        prompts.EMBEDDING_EOS_TOKEN,
+        prompts.MAX_CONTEXT,
+        *(d.model for d in prompts.OFFICIAL_MODELS),
+    }
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for folder in ("core", "integrations", "qwen3_rag"):
+        for path in sorted((root / folder).rglob("*.py")):
+            if path.name == "spec.py" and folder == "core":
+                continue
+            with path.open("rb") as f:
+                for tok in tokenize.tokenize(f.readline):
+                    if tok.type in (tokenize.STRING, tokenize.NUMBER):
+                        try:
+                            value = ast.literal_eval(tok.string)
+                        except ValueError:  # f-string pieces
+                            continue
+                        if value in facts:
+                            found.append(f"{path.relative_to(root)}:{tok.start[0]} {tok.string}")
+    assert found == []
+
+
+def test_official_model_of_the_wrong_kind_is_refused_before_download():
+    # Offline (conftest): without the check these would fail later, as "not found".
+    with pytest.raises(ModelLoadError, match=r"reranker model.*load it with Qwen3Reranker"):
+        Qwen3Embedder("Qwen/Qwen3-Reranker-0.6B")
+    with pytest.raises(ModelLoadError, match=r"embedding model.*load it with Qwen3Embedder"):
+        Qwen3Reranker("qwen/qwen3-embedding-4b")
+
+
+def test_dimensions_beyond_an_official_model_fail_before_download():
+    with pytest.raises(ValueError, match=r"dimensions=2048 .*Qwen3-Embedding-0\.6B .*32 to 1024"):
+        Qwen3Embedder("Qwen/Qwen3-Embedding-0.6B", dimensions=2048)
 
 
 def test_public_api_names():
@@ -152,7 +215,17 @@ def test_packed_plan_bounds_the_sum_of_lengths_and_fills_batches():
 
 @pytest.mark.parametrize(
     "module",
-    ["batching", "packing", "pooling", "spec", "config", "tokenization", "loading", "runtime"],
+    [
+        "batching",
+        "compat",
+        "packing",
+        "pooling",
+        "spec",
+        "config",
+        "tokenization",
+        "loading",
+        "runtime",
+    ],
 )
 def test_docstring_examples_run(module):
     mod = importlib.import_module(f"qwen3_rag.core.{module}")
@@ -452,6 +525,74 @@ def test_concurrent_construction_loads_once(embed_plain_path, monkeypatch):
         t.join()
     assert len(made) == 6 and len(calls) == 1
     assert len({id(m._loaded) for m in made}) == 1
+    # The per-key lock lived only while the load was awaited.
+    assert MODEL_CACHE._key_locks == {}
+
+
+def _dummy(key):
+    return LoadedModel(key, torch.nn.Identity())
+
+
+def test_model_cache_prunes_per_key_locks_and_retries_a_failed_load():
+    cache = ModelCache()
+    for i in range(200):  # load and free many keys: nothing accumulates
+        model = cache.get_or_load(("k", i), lambda i=i: _dummy(("k", i)))
+        assert ("k", i) in cache
+        del model
+    assert len(cache) == 0 and cache._key_locks == {}
+
+    def failing():
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        cache.get_or_load(("bad",), failing)
+    assert cache._key_locks == {} and ("bad",) not in cache
+    loaded = cache.get_or_load(("bad",), lambda: _dummy(("bad",)))  # the next caller retries
+    assert ("bad",) in cache and loaded.key == ("bad",)
+
+
+def test_model_cache_waiters_share_one_load_and_leave_no_lock():
+    cache = ModelCache()
+    started, release = threading.Event(), threading.Event()
+    loads: list[int] = []
+
+    def slow():
+        loads.append(1)
+        started.set()
+        assert release.wait(10)
+        return _dummy(("slow",))
+
+    got: list[LoadedModel] = []
+    threads = [
+        threading.Thread(target=lambda: got.append(cache.get_or_load(("slow",), slow)))
+        for _ in range(5)
+    ]
+    threads[0].start()
+    assert started.wait(10)
+    for t in threads[1:]:
+        t.start()
+    assert len(cache._key_locks) == 1  # held by the loader while the others wait
+    release.set()
+    for t in threads:
+        t.join()
+    assert loads == [1] and len({id(m) for m in got}) == 1
+    assert cache._key_locks == {}
+
+
+def test_weights_live_exactly_as_long_as_their_users(tmp_path, embed_eos_path):
+    folder = tmp_path / "own"  # a key no other test holds
+    shutil.copytree(embed_eos_path, folder)
+    a = Qwen3Embedder(str(folder), max_length=64)
+    key = a._loaded.key
+    weights = weakref.ref(a._loaded.model)
+    second = Qwen3Embedder(str(folder), max_length=32)
+    assert second._loaded is a._loaded and key in MODEL_CACHE
+    del a
+    gc.collect()
+    assert key in MODEL_CACHE and weights() is not None  # ``second`` still uses them
+    del second
+    gc.collect()
+    assert key not in MODEL_CACHE and weights() is None
 
 
 def test_threads_share_a_model_and_get_sequential_results(embed_eos_path, reranker_path):
@@ -537,6 +678,37 @@ def test_oom_halves_the_batch_keeps_results_and_remembers(embed_eos_path, monkey
     ooms.clear()
     np.testing.assert_allclose(emb.embed_documents(CORPUS), want, atol=1e-6)
     assert ooms == []
+
+
+def test_oom_back_off_lowers_only_that_instances_budget(embed_eos_path, monkeypatch):
+    from conftest import CORPUS
+
+    hit = Qwen3Embedder(embed_eos_path, max_length=64, batch_tokens=100_000)
+    other = Qwen3Embedder(embed_eos_path, max_length=64, batch_tokens=100_000)
+    assert hit._loaded is other._loaded  # the same weights
+    model = hit._loaded.model
+    real_forward = model.forward
+    sizes: list[int] = []
+    memory = {"limit": 200}
+
+    def limited(*args, input_ids, **kwargs):
+        sizes.append(input_ids.numel())
+        if input_ids.numel() > memory["limit"]:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 GiB")
+        return real_forward(*args, input_ids=input_ids, **kwargs)
+
+    monkeypatch.setattr(model, "forward", limited)
+    hit.embed_documents(CORPUS)
+    assert hit.batch_tokens <= 200 and max(sizes) > 200
+    assert other.batch_tokens == 100_000
+    # Memory is free again (another job ended): the other instance still runs the one big
+    # forward it was configured for, where a budget shared through the weights would split it.
+    memory["limit"] = 100_000
+    sizes.clear()
+    other.embed_documents(CORPUS)
+    assert sizes == [sum(len(ids) for ids in other.encode_ids(CORPUS))]
+    fresh = Qwen3Embedder(embed_eos_path, max_length=64, batch_tokens=100_000)
+    assert fresh.batch_tokens == 100_000
 
 
 def test_oom_on_a_single_input_gives_advice(embed_eos_path, monkeypatch):

@@ -82,3 +82,21 @@ def test_compiled_model_matches_eager(embed_eos_path, reranker_path):
     rc = Qwen3Reranker(reranker_path, device="cuda", max_length=128, compile=True)
     diff = np.abs(np.array(rr.score("q", DOCS)) - np.array(rc.score("q", DOCS)))
     assert diff.max() <= 1e-2
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_cuda_paths_raise_no_transformers_warning(embed_eos_path, reranker_path, attn):
+    # The CUDA paths are padded (no packing) and reach core/compat.py's cache argument; a
+    # deprecation at any transformers touch point must show up here as an error.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", module=r"transformers(\.|$)")
+        emb = Qwen3Embedder(embed_eos_path, device="cuda", attn_implementation=attn)
+        assert not emb._packed
+        emb.embed_documents(DOCS)
+        rr = Qwen3Reranker(reranker_path, device="cuda", attn_implementation=attn, max_length=128)
+        scores = rr.score("capital of China?", DOCS)
+    ref = ReferenceReranker(reranker_path, 128)
+    want = np.array([ref.score("capital of China?", d) for d in DOCS])
+    assert np.abs(np.array(scores) - want).max() <= 1e-2
