@@ -164,7 +164,7 @@ class Qwen3Embedder(Qwen3Runtime):
             # pre-tokenizer always ends a piece between the letters of "Query" and the colon
             # (a colon may merge with the letters after it, so it goes with the query), and NFC
             # never joins across a colon, so the ids are those of the whole formatted string.
-            head, rows = self._instruction_ids(task, [":" + t for t in texts])
+            head, rows = self._instruction_ids(task, texts)
             ids = [head + row for row in rows]
         else:
             ids = self.tokenizer.encode_plain(texts)
@@ -176,7 +176,9 @@ class Qwen3Embedder(Qwen3Runtime):
     def _instruction_ids(
         self, task: str, queries: list[str] | None = None
     ) -> tuple[list[int], list[list[int]]]:
-        r"""Ids of ``"Instruct: {task}\nQuery"``, and of ``queries``, in one tokenizer call.
+        r"""Ids of ``"Instruct: {task}\nQuery"``, and of ``":{query}"`` for each query.
+
+        One tokenizer call, so a text with surrogates is reported once.
 
         Raises:
             ValueError: If the instruction leaves no room for a query token.
@@ -188,8 +190,9 @@ class Qwen3Embedder(Qwen3Runtime):
                 f"the instruction has {len(task)} characters, more than {CHARS_PER_TOKEN_CAP} "
                 f"per token of max_length={self.max_length}; shorten it"
             )
+        head, colon = template[:-1], template[-1:]
         rows = self.tokenizer.encode_plain(
-            [template[:-1], *(queries or [])],
+            [head, *(colon + q for q in queries or [])],
             lambda i: "the instruction" if i == 0 else f"texts[{i - 1}]",
         )
         # The template with its colon, one query token and the EOS must fit.

@@ -199,7 +199,6 @@ def test_scores_match_the_card(
         lambda: [rerank_ref.score(query, d, instruction) for d in DOCS],
     )
     assert max(abs(g - w) for g, w in zip(got, want, strict=True)) <= SCORE_TOL
-    assert all(0.0 <= s <= 1.0 for s in got)
     assert got[0] == pytest.approx(got[-1], abs=1e-6)  # duplicates score alike
 
 
