@@ -147,11 +147,28 @@ class RerankerConfig(RuntimeConfig):
     share_prefix: bool = _option(
         True, "compute the system prompt + instruction + query once per call"
     )
+    # 0.75: FlagEmbedding's rerankers give the query 3/4 of max_length too. Queries are short
+    # (tens of tokens), so the cap only bites on pathological input, where it keeps at least a
+    # quarter of the window (about 2,000 tokens at 8192, 100 at 512) for each document.
+    max_query_share: float = _option(
+        0.75,
+        "largest share of the window (max_length minus the chat template) that the instruction "
+        "and query may take from a pair that does not fit; past it the query is cut, not the "
+        "document (pairs that fit are never changed)",
+        persist=True,
+        cli=False,
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_str(self.instruction, "instruction")
         _check_bool(self.share_prefix, "share_prefix")
+        share = self.max_query_share
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
+            raise ValueError(
+                f"max_query_share must be a number between 0 and 1 (exclusive), got {share!r}"
+            )
+        object.__setattr__(self, "max_query_share", float(share))
 
 
 C = TypeVar("C", bound=RuntimeConfig)

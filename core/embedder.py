@@ -12,7 +12,13 @@ from .config import EmbedderConfig
 from .loading import LoadedModel, from_pretrained_kwargs
 from .packing import pack, packed_model_kwargs
 from .pooling import last_token_pool, truncate_and_normalize
-from .runtime import Qwen3Runtime, check_instruction, check_texts, make_config
+from .runtime import (
+    CHARS_PER_TOKEN_CAP,
+    Qwen3Runtime,
+    check_instruction,
+    check_texts,
+    make_config,
+)
 from .spec import (
     DEFAULT_EMBEDDING_MODEL,
     EMBEDDING_EOS_TOKEN,
@@ -29,7 +35,9 @@ class Qwen3Embedder(Qwen3Runtime):
 
     Queries become ``"Instruct: {task}\\nQuery:{query}"``; documents are embedded as they are.
     Every input ends in one ``<|endoftext|>`` whose last-layer hidden state, cut to
-    ``dimensions`` values and L2-normalised in float32, is the embedding.
+    ``dimensions`` values and L2-normalised in float32, is the embedding. An input longer than
+    ``max_length`` is cut at its end, so a long query loses its end, never the instruction; an
+    instruction that leaves no room for a query token raises ``ValueError``.
 
     Args:
         model: Hub id or local folder of a Qwen3-Embedding checkpoint (safetensors).
@@ -82,6 +90,8 @@ class Qwen3Embedder(Qwen3Runtime):
                 f"{MIN_DIMENSIONS} to {self.hidden_size}"
             )
         self.dimensions = cfg.dimensions
+        if cfg.instruction:
+            self._instruction_ids(cfg.instruction)  # fail now, not at the first query
 
     @property
     def output_dimensions(self) -> int:
@@ -124,10 +134,12 @@ class Qwen3Embedder(Qwen3Runtime):
 
         Raises:
             TypeError: If ``texts`` is not a list of strings or ``instruction`` not a string.
+            ValueError: If the instruction leaves no room for a query token within
+                ``max_length`` (the message gives the sizes).
         """
         texts = check_texts(texts, "texts")
         task = self.instruction if instruction is None else check_instruction(instruction)
-        return self._embed([format_query(t, task) for t in texts])
+        return self._embed(texts, task)
 
     def embed_documents(self, texts: list[str]) -> np.ndarray:
         """Embed documents as they are (no instruction).
@@ -145,10 +157,10 @@ class Qwen3Embedder(Qwen3Runtime):
         return self._tokenize(check_texts(texts, "texts"))[0]
 
     # -- internals -------------------------------------------------------------------------
-    def _embed(self, texts: list[str]) -> np.ndarray:
+    def _embed(self, texts: list[str], task: str = "") -> np.ndarray:
         if not texts:
             return np.zeros((0, self.output_dimensions), dtype=np.float32)
-        ids, truncated = self._tokenize(texts)
+        ids, truncated = self._tokenize(texts, task)
         self._warn_truncated(truncated, len(texts))
         rows = self._run_batched([len(r) for r in ids], lambda b: self._forward(ids, b), "embed")
         # One finite check and one device-to-host copy for the whole call: per-batch checks
@@ -157,16 +169,60 @@ class Qwen3Embedder(Qwen3Runtime):
         self._check_finite(out, "embeddings")  # NaN/inf survive the normalisation
         return out.cpu().numpy()
 
-    def _tokenize(self, texts: list[str]) -> tuple[list[list[int]], int]:
-        """Ids with exactly one trailing <|endoftext|>, and how many inputs were cut."""
+    def _tokenize(self, texts: list[str], task: str = "") -> tuple[list[list[int]], int]:
+        r"""Ids with exactly one trailing <|endoftext|>, and how many inputs were cut.
+
+        With a ``task``, each text is a query formatted as ``"Instruct: {task}\nQuery:{text}"``.
+        The character cap applies to the user's text only, so it never cuts the instruction.
+        """
         texts, capped = self._cap_chars(texts)
         # User text is encoded without added tokens (no post-processor either), so the EOS is
         # appended here by id, once, whether or not the checkpoint's tokenizer would add it.
-        ids = self.tokenizer.encode_plain(texts)
+        if task:
+            # "...\nQuery" is tokenized once per call and each query as ":{text}": the
+            # pre-tokenizer always ends a piece between the letters of "Query" and the colon
+            # (a colon may merge with the letters after it, so it goes with the query), and NFC
+            # never joins across a colon, so the ids are those of the whole formatted string.
+            head, rows = self._instruction_ids(task, texts)
+            ids = [head + row for row in rows]
+        else:
+            ids = self.tokenizer.encode_plain(texts)
         eos = self._loaded.extras["eos_id"]
         keep = self.max_length - 1
         truncated = sum(1 for i, row in enumerate(ids) if len(row) > keep or i in capped)
         return [[*row[:keep], eos] for row in ids], truncated
+
+    def _instruction_ids(
+        self, task: str, queries: list[str] | None = None
+    ) -> tuple[list[int], list[list[int]]]:
+        r"""Ids of ``"Instruct: {task}\nQuery"``, and of ``":{query}"`` for each query.
+
+        One tokenizer call, so a text with surrogates is reported once.
+
+        Raises:
+            ValueError: If the instruction leaves no room for a query token.
+        """
+        template = format_query("", task)  # "Instruct: {task}\nQuery:"
+        if len(task) > CHARS_PER_TOKEN_CAP * self.max_length:
+            # Never cut, so never capped either: refused before it costs any work.
+            raise ValueError(
+                f"the instruction has {len(task)} characters, more than {CHARS_PER_TOKEN_CAP} "
+                f"per token of max_length={self.max_length}; shorten it"
+            )
+        head, colon = template[:-1], template[-1:]
+        rows = self.tokenizer.encode_plain(
+            [head, *(colon + q for q in queries or [])],
+            lambda i: "the instruction" if i == 0 else f"texts[{i - 1}]",
+        )
+        # The template with its colon, one query token and the EOS must fit.
+        used = len(rows[0]) + 1
+        if used + 2 > self.max_length:
+            raise ValueError(
+                f"the instruction leaves no room for the query: with its template it takes "
+                f"{used} tokens, and max_length={self.max_length} must also hold one query "
+                f"token and the end-of-text token; shorten the instruction or raise max_length"
+            )
+        return rows[0], rows[1:]
 
     def _forward(self, ids: list[list[int]], batch: list[int]) -> list[torch.Tensor]:
         rows = [ids[i] for i in batch]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +22,7 @@ from .loading import LoadedModel, from_pretrained_kwargs
 from .packing import pack, packed_model_kwargs
 from .pooling import yes_no_score
 from .runtime import (
+    CHARS_PER_TOKEN_CAP,
     Qwen3Runtime,
     check_instruction,
     check_positive_int,
@@ -33,9 +36,21 @@ from .spec import (
     RERANK_PREFIX,
     RERANK_SUFFIX,
     RERANK_YES,
-    format_rerank_body,
 )
 from .tokenization import SafeTokenizer
+
+logger = logging.getLogger(__name__)
+
+# The pair body "<Instruct>: {i}\n<Query>: {q}\n<Document>: {d}" is tokenized in three
+# pieces, cut where the Qwen2 pre-tokenizer always ends a piece, whatever the user's text:
+# after "<Query>:" (a run of punctuation never takes the space that follows it) and after the
+# newline before "<Document>" (a piece that holds a newline ends at the last newline of its
+# run). NFC never joins across these points either (" " and "<" compose with nothing before
+# them). So the three id lists joined are exactly the ids of the whole body, and the query is
+# tokenized once per call instead of once per document.
+_INSTRUCTION_PIECE = "<Instruct>: {instruction}\n<Query>:"
+_QUERY_PIECE = " {query}\n"
+_DOCUMENT_PIECE = "<Document>: {document}"
 
 
 @dataclass(frozen=True)
@@ -60,6 +75,12 @@ class Qwen3Reranker(Qwen3Runtime):
     ``sigmoid(h · (W_yes − W_no))`` in float32 with ``h`` the final hidden state of the last
     token, which equals the card's softmax over the "yes"/"no" logits. Only the body is cut to
     fit ``max_length``; prefix and suffix always stay whole.
+
+    A pair that fits ``max_length`` gets exactly the card's ids. A longer one is cut at its end,
+    as the card does, which cuts the document, but only while the instruction and query stay
+    within ``max_query_share`` of the window (``max_length`` minus the template); past that the
+    query is cut instead, so a long query never pushes the document out of the pair. One warning
+    per call says so. The instruction is never cut.
 
     The system prompt, instruction and query are the same for every document of a call, so their
     key/value cache is computed once and only each document and the suffix run per pair
@@ -99,12 +120,29 @@ class Qwen3Reranker(Qwen3Runtime):
         self.share_prefix = cfg.share_prefix
         super().__init__(model, cfg)
         self.config: RerankerConfig = cfg
+        self.max_query_share = cfg.max_query_share
+        self._newline_ids = self.tokenizer.encode_plain(["\n"])[0]
+        self._document_label_ids = self.tokenizer.encode_plain(
+            [_DOCUMENT_PIECE.format(document="")]
+        )[0]
         fixed = len(self._prefix_ids) + len(self._suffix_ids)
         if self.max_length <= fixed:
             raise ValueError(
                 f"max_length={self.max_length} leaves no room for the query and document: the "
                 f"reranker template alone takes {fixed} tokens"
             )
+        window = self.max_length - fixed
+        least = window - self._query_budget
+        if least < self._document_floor:
+            raise ValueError(
+                f"max_length={self.max_length} leaves no room for a document: the chat "
+                f"template takes {fixed} of its tokens, a long query may take "
+                f"{self._query_budget} of the other {window} (max_query_share="
+                f"{self.max_query_share}), and the {least} left cannot hold "
+                f"{_DOCUMENT_PIECE.format(document='')!r} and one document token"
+            )
+        if cfg.instruction:
+            self._tokenize("", [""], cfg.instruction)  # a too long instruction fails now
 
     def _build(self, key: tuple[Any, ...], config: Any, tokenizer: SafeTokenizer) -> LoadedModel:
         from transformers import AutoModelForCausalLM
@@ -167,6 +205,8 @@ class Qwen3Reranker(Qwen3Runtime):
         Raises:
             TypeError: If ``query`` or ``instruction`` is not a string, or ``documents`` is not
                 a list of strings.
+            ValueError: If the instruction leaves no room for a document token within
+                ``max_length`` (the message gives the sizes).
         """
         if not isinstance(query, str):
             raise TypeError(f"query must be a str, got {type(query).__name__}")
@@ -174,8 +214,7 @@ class Qwen3Reranker(Qwen3Runtime):
         task = self.instruction if instruction is None else check_instruction(instruction)
         if not docs:
             return []
-        seqs, truncated = self._tokenize(query, docs, task)
-        self._warn_truncated(truncated, len(docs))
+        seqs, _ = self._tokenize(query, docs, task, warn=True)
         shared = _common_prefix_len(seqs) if self.share_prefix else 0
         cache = self._prefix_cache(seqs[0][:shared]) if shared else None
         scores = self._run_batched(
@@ -227,19 +266,121 @@ class Qwen3Reranker(Qwen3Runtime):
         self, query: str, documents: list[str], instruction: str | None = None
     ) -> list[list[int]]:
         """The exact token ids the model sees for each (query, document) pair."""
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a str, got {type(query).__name__}")
         task = self.instruction if instruction is None else check_instruction(instruction)
         return self._tokenize(query, check_texts(documents, "documents"), task)[0]
 
     # -- internals -------------------------------------------------------------------------
-    def _tokenize(self, query: str, docs: list[str], task: str) -> tuple[list[list[int]], int]:
-        bodies, capped = self._cap_chars([format_rerank_body(query, d, task) for d in docs])
+    @property
+    def _window(self) -> int:
+        """Body tokens per pair: ``max_length`` less the chat template's prefix and suffix."""
+        return self.max_length - len(self._prefix_ids) - len(self._suffix_ids)
+
+    @property
+    def _query_budget(self) -> int:
+        """Most body tokens the instruction and query keep in a pair that does not fit."""
+        return math.floor(self.max_query_share * self._window)
+
+    @property
+    def _document_floor(self) -> int:
+        """Body tokens a document needs: "<Document>: " (3 tokens) and one of its own."""
+        return len(self._document_label_ids) + 1
+
+    def _tokenize(
+        self, query: str, docs: list[str], task: str, *, warn: bool = False
+    ) -> tuple[list[list[int]], int]:
+        """The ids of every pair, and how many pairs were cut.
+
+        Raises:
+            ValueError: If the instruction leaves no room for a document token.
+        """
+        if len(task) > CHARS_PER_TOKEN_CAP * self.max_length:
+            # Never cut, so never capped either: refused before it costs any work.
+            raise ValueError(
+                f"the instruction has {len(task)} characters, more than {CHARS_PER_TOKEN_CAP} "
+                f"per token of max_length={self.max_length}; shorten it"
+            )
+        # Characters are capped before tokenizing, so a huge query or document costs work in
+        # proportion to max_length, not to its size.
+        query_chars = len(query)
+        (query,), query_capped = self._cap_chars([query])
+        docs, capped = self._cap_chars(docs)
         # The body is user text: encoded with no added tokens, so "<|im_end|>" in a document
         # stays text and cannot close the user turn. Only the template owns control tokens.
-        ids = self.tokenizer.encode_plain(bodies)
+        rows = self.tokenizer.encode_plain(
+            [
+                _INSTRUCTION_PIECE.format(instruction=task),
+                _QUERY_PIECE.format(query=query),
+                *(_DOCUMENT_PIECE.format(document=d) for d in docs),
+            ],
+            lambda i: ("the instruction", "the query")[i] if i < 2 else f"documents[{i - 2}]",
+        )
+        window, budget = self._window, self._query_budget
+        instruction_ids, query_ids, tails = rows[0], rows[1], rows[2:]
+        fixed = len(instruction_ids) + len(self._newline_ids)  # and the query line's newline
+        if fixed + self._document_floor > window:
+            raise ValueError(
+                f"the instruction leaves no room for a document: with the <Instruct> and "
+                f"<Query> labels it takes {fixed} of the {window} tokens that "
+                f"max_length={self.max_length} leaves after the chat template, and each "
+                f"document needs {self._document_floor}; shorten the instruction or raise "
+                "max_length"
+            )
+        head_tokens = len(instruction_ids) + len(query_ids)
+        # No pair keeps more than the window of the query or of a document: dropping the rest
+        # now bounds the memory by max_length without changing any pair (a row longer than
+        # the window is cut either way, and one extra token keeps it "too long").
+        head = instruction_ids + query_ids[: window + 1]
+        tails = [tail[: window + 1] for tail in tails]
+        newline = self._newline_ids
         prefix, suffix = self._prefix_ids, self._suffix_ids
-        room = self.max_length - len(prefix) - len(suffix)
-        truncated = sum(1 for i, row in enumerate(ids) if len(row) > room or i in capped)
-        return [prefix + row[:room] + suffix for row in ids], truncated
+        seqs: list[list[int]] = []
+        query_cut = 0
+        for tail in tails:
+            if len(head) + len(tail) <= window:
+                body = head + tail
+            else:
+                # The card cuts the end, that is the document. The instruction and query keep
+                # what the document leaves, or their budget if that is more, and never less
+                # than the instruction; past that, the query's end is cut instead.
+                keep = min(len(head), max(window - len(tail), budget, fixed))
+                if keep < len(head):
+                    body = head[: keep - len(newline)] + newline + tail[: window - keep]
+                    query_cut += 1
+                else:
+                    body = head + tail[: window - len(head)]
+            seqs.append(prefix + body + suffix)
+        cut = sum(
+            1
+            for i, tail in enumerate(tails)
+            if len(head) + len(tail) > window or i in capped or query_capped
+        )
+        if warn and (query_cut or query_capped):
+            # One warning per call; the query is what the caller needs to hear about.
+            reasons = []
+            if query_capped:
+                reasons.append(
+                    f"it has {query_chars} characters and only max_chars={self.max_chars} are "
+                    "tokenized"
+                )
+            if query_cut:
+                reasons.append(
+                    f"with the instruction it takes {head_tokens} tokens, more than "
+                    f"max_query_share={self.max_query_share:g} of the {window} tokens left "
+                    f"after the chat template, so it was cut in {query_cut} of {len(docs)} "
+                    "pairs to keep room for the document"
+                )
+            logger.warning(
+                "%d of %d pairs were longer than max_length=%d and were cut; the query was cut: %s",
+                cut,
+                len(docs),
+                self.max_length,
+                "; ".join(reasons),
+            )
+        elif warn:
+            self._warn_truncated(cut, len(docs))
+        return seqs, cut
 
     def _prefix_cache(self, ids: list[int]) -> Any:
         tensor = torch.tensor([ids], dtype=torch.long, device=self.device)

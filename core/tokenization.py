@@ -7,18 +7,53 @@ the answer, or plant an ``<|endoftext|>`` in an embedding input. :class:`SafeTok
 text with a copy of the tokenizer that has *no* added tokens and no post-processor, so such strings
 become ordinary byte-level tokens; only the runtime adds control tokens, by id. For text
 without those strings the ids are exactly what the original tokenizer produces.
+
+:meth:`SafeTokenizer.encode_plain` is also the one place user text enters the tokenizer, so it is
+where text that has no UTF-8 form is repaired (see :func:`replace_surrogates`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tokenizers import Tokenizer
 
 from .errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def replace_surrogates(text: str) -> str:
+    r"""``text`` with its UTF-16 surrogate code points made encodable.
+
+    A Python string can hold surrogates (U+D800 to U+DFFF): ``"\ud800"`` escapes, JSON from
+    JavaScript, file names decoded with ``surrogateescape``. They have no UTF-8 form, so the
+    tokenizer refuses the whole batch with a ``TypeError``. A high surrogate followed by a low
+    one is joined into the character the pair encodes (what a UTF-16 source meant); every other
+    surrogate becomes U+FFFD, the replacement character, as the CLI's reader does with bytes
+    that are not UTF-8. Replacing keeps one bad character from failing a whole batch, and
+    U+FFFD is an ordinary character to the model.
+
+    Example:
+        >>> replace_surrogates("a\ud800b") == "a\ufffdb"
+        True
+        >>> replace_surrogates("\ud83d\ude00")
+        '😀'
+    """
+    if _SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def _default_name(index: int) -> str:
+    return f"texts[{index}]"
 
 
 @dataclass(frozen=True)
@@ -57,11 +92,31 @@ class SafeTokenizer:
         template.no_padding()
         return cls(plain=plain, template=template)
 
-    def encode_plain(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of user texts, with every added-token string treated as ordinary text."""
+    def encode_plain(
+        self, texts: Sequence[str], name: Callable[[int], str] = _default_name
+    ) -> list[list[int]]:
+        """Token ids of user texts, with every added-token string treated as ordinary text.
+
+        Surrogates are replaced first (:func:`replace_surrogates`), with one warning per call
+        that says how many texts were changed and names the first by ``name(index)``.
+
+        Args:
+            texts: User texts.
+            name: How the warning names the text at an index (``documents[3]``, ``the query``).
+        """
         if not texts:
             return []
-        return [enc.ids for enc in self.plain.encode_batch(list(texts), add_special_tokens=False)]
+        clean = [replace_surrogates(t) for t in texts]
+        changed = [i for i, (a, b) in enumerate(zip(texts, clean, strict=True)) if a is not b]
+        if changed:
+            logger.warning(
+                "%d of %d texts held UTF-16 surrogates, which have no UTF-8 form: replaced by "
+                "U+FFFD (first: %s)",
+                len(changed),
+                len(texts),
+                name(changed[0]),
+            )
+        return [enc.ids for enc in self.plain.encode_batch(clean, add_special_tokens=False)]
 
     def encode_template(self, text: str) -> list[int]:
         """Token ids of a runtime-owned template string; its control tokens are parsed."""

@@ -69,19 +69,27 @@ class ReferenceReranker:
         return f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}"
 
     def token_ids(self, query: str, doc: str, instruction: str | None = None) -> list[int]:
-        pair = self.format_instruction(instruction, query, doc)
-        body = self.tokenizer(
-            [pair],
+        return self.batch_token_ids(query, [doc], instruction)[0]
+
+    def batch_token_ids(
+        self, query: str, docs: list[str], instruction: str | None = None
+    ) -> list[list[int]]:
+        pairs = [self.format_instruction(instruction, query, doc) for doc in docs]
+        bodies = self.tokenizer(
+            pairs,
             padding=False,
             truncation="longest_first",
             return_attention_mask=False,
             max_length=self.max_length - len(self.prefix_tokens) - len(self.suffix_tokens),
-        )["input_ids"][0]
-        return self.prefix_tokens + body + self.suffix_tokens
+        )["input_ids"]
+        return [self.prefix_tokens + body + self.suffix_tokens for body in bodies]
+
+    def score(self, query: str, doc: str, instruction: str | None = None) -> float:
+        return self.score_ids(self.token_ids(query, doc, instruction))
 
     @torch.no_grad()
-    def score(self, query: str, doc: str, instruction: str | None = None) -> float:
-        ids = torch.tensor([self.token_ids(query, doc, instruction)])
+    def score_ids(self, token_ids: list[int]) -> float:
+        ids = torch.tensor([token_ids])
         logits = self.model(input_ids=ids).logits[:, -1, :]
         pair = torch.stack([logits[:, self.no], logits[:, self.yes]], dim=1)
         return float(torch.nn.functional.log_softmax(pair, dim=1)[:, 1].exp()[0])

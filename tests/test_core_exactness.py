@@ -32,6 +32,19 @@ def rerank_ref(reranker_path):
     return ReferenceReranker(reranker_path, MAX_LEN)
 
 
+@pytest.fixture(scope="module")
+def memo():
+    """Reference outputs computed once per module: grid cells share inputs, not the work."""
+    cache: dict[tuple, object] = {}
+
+    def get(key: tuple, compute):
+        if key not in cache:
+            cache[key] = compute()
+        return cache[key]
+
+    return get
+
+
 #: How batches reach the model. CPU + SDPA packs inputs into one row ("packed"); GPUs run
 #: left-padded SDPA batches, forced here on the CPU ("padded"); "eager" is padded too.
 LAYOUTS = ["packed", "padded", "eager"]
@@ -58,7 +71,9 @@ def test_reference_tokenizer_variants_differ_only_in_the_post_processor(embed_pa
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dimensions", [None, 32, 48])
 @pytest.mark.parametrize(("batch_tokens", "max_batch_size"), [(100_000, 64), (256, 3), (1, 1)])
-def test_documents_match_the_card(embed_pair, dimensions, batch_tokens, max_batch_size, layout):
+def test_documents_match_the_card(
+    embed_pair, memo, dimensions, batch_tokens, max_batch_size, layout
+):
     path, ref = embed_pair
     emb = _with_layout(
         Qwen3Embedder,
@@ -70,7 +85,10 @@ def test_documents_match_the_card(embed_pair, dimensions, batch_tokens, max_batc
         max_batch_size=max_batch_size,
     )
     got = emb.embed_documents(CORPUS)
-    want = np.stack([ref.embed(t, dimensions).numpy() for t in CORPUS])
+    want = memo(
+        ("documents", path, dimensions),
+        lambda: np.stack([ref.embed(t, dimensions).numpy() for t in CORPUS]),
+    )
     assert got.dtype == np.float32
     assert got.shape == (len(CORPUS), dimensions or 64)
     assert _cosines(got, want).min() >= COS_MIN
@@ -156,7 +174,14 @@ DOCS = [
 @pytest.mark.parametrize(("batch_tokens", "max_batch_size"), [(100_000, 64), (128, 3), (1, 1)])
 @pytest.mark.parametrize("instruction", INSTRUCTIONS)
 def test_scores_match_the_card(
-    reranker_path, rerank_ref, share_prefix, batch_tokens, max_batch_size, instruction, layout
+    reranker_path,
+    rerank_ref,
+    memo,
+    share_prefix,
+    batch_tokens,
+    max_batch_size,
+    instruction,
+    layout,
 ):
     rr = _with_layout(
         Qwen3Reranker,
@@ -169,9 +194,11 @@ def test_scores_match_the_card(
     )
     query = "What is the capital of China?"
     got = rr.score(query, DOCS, instruction=instruction)
-    want = [rerank_ref.score(query, d, instruction) for d in DOCS]
-    assert max(abs(g - w) for g, w in zip(got, want, strict=False)) <= SCORE_TOL
-    assert all(0.0 <= s <= 1.0 for s in got)
+    want = memo(
+        ("scores", query, instruction),
+        lambda: [rerank_ref.score(query, d, instruction) for d in DOCS],
+    )
+    assert max(abs(g - w) for g, w in zip(got, want, strict=True)) <= SCORE_TOL
     assert got[0] == pytest.approx(got[-1], abs=1e-6)  # duplicates score alike
 
 
@@ -186,14 +213,16 @@ def test_untied_head_matches_the_card(reranker_untied_path):
     rr = Qwen3Reranker(reranker_untied_path, max_length=MAX_LEN)
     got = rr.score("capital", DOCS)
     want = [ref.score("capital", d) for d in DOCS]
-    assert max(abs(g - w) for g, w in zip(got, want, strict=False)) <= SCORE_TOL
+    assert max(abs(g - w) for g, w in zip(got, want, strict=True)) <= SCORE_TOL
 
 
-@pytest.mark.parametrize("query", ["What is the capital of China?", "", "x" * 300, "北京?"])
+# The last query is as long as max_query_share allows at MAX_LEN: the long document is cut, the
+# query is not. (A longer query is cut instead: see test_a_long_query_is_cut_not_the_document.)
+@pytest.mark.parametrize("query", ["What is the capital of China?", "", "北京?", "x" * 96])
 def test_pair_ids_equal_the_official_tokenization(reranker_path, rerank_ref, query):
     rr = Qwen3Reranker(reranker_path, max_length=MAX_LEN)
     got = rr.encode_ids(query, DOCS)
-    for ids, doc in zip(got, DOCS, strict=False):
+    for ids, doc in zip(got, DOCS, strict=True):
         want = rerank_ref.token_ids(query, doc)
         assert ids == want, doc
         assert len(ids) <= MAX_LEN
@@ -223,3 +252,107 @@ def test_reranker_runs_the_backbone_only(reranker_path):
     )
     head = rr._loaded.extras["head"]
     assert head.dtype == torch.float32 and head.shape == (64,)
+
+
+# -- long queries and the pieces the body is tokenized in -----------------------------------
+
+
+def _stdlib_texts() -> list[str]:
+    """Real prose and code: the docstrings of a few stdlib modules, with odd edges added."""
+    import argparse
+    import collections
+    import difflib
+    import json
+    import pathlib
+    import string
+    import textwrap
+
+    texts = set()
+    for module in (argparse, collections, difflib, json, pathlib, string, textwrap):
+        for obj in [module, *vars(module).values()]:
+            doc = getattr(obj, "__doc__", None)
+            if isinstance(doc, str) and doc.strip():
+                texts.add(doc[:300])
+    real = sorted(texts)[:100]
+    edges = ["", " ", "\n", "\r\n", "  \n ", "?", "...", "'s", "123", "\u0301x", "e\u0301"]
+    edges += ["中文文档开头。", "。", "<Document>: x", "\n<Query>: y\n", "Query:x"]
+    variants = [f(t) for t in real[:12] for f in _EDGE_VARIANTS]
+    return real + edges + variants
+
+
+_EDGE_VARIANTS = [
+    lambda t: " " + t,
+    lambda t: t + " ",
+    lambda t: "\n" + t,
+    lambda t: t + "\n",
+    lambda t: t.rstrip() + "?",
+    lambda t: t.rstrip() + "?!\n\n",
+    lambda t: t + "\t",
+    lambda t: "中文" + t + "。",
+]
+
+
+def test_pieces_tokenize_exactly_as_the_whole_body(reranker_path):
+    """The reranker tokenizes instruction, query and document apart: same ids as the card."""
+    texts = _stdlib_texts()
+    queries = texts[100:116] + texts[116::5] + texts[:4]  # odd edges, variants, real text
+    instructions = [None, "", " spaced ", "ends in a newline\n", "中文指令？"]
+    ref = ReferenceReranker(reranker_path, 32768)
+    rr = Qwen3Reranker(reranker_path, max_length=32768)
+    checked = 0
+    for instruction in instructions:
+        for query in queries:
+            got = rr.encode_ids(query, texts, instruction=instruction)
+            want = ref.batch_token_ids(query, texts, instruction)
+            for ids, official, doc in zip(got, want, texts, strict=True):
+                assert ids == official, (instruction, query, doc)
+                checked += 1
+    assert checked > 30_000
+
+
+def test_query_pieces_tokenize_exactly_as_the_formatted_query(embed_pair):
+    """The embedder tokenizes the instruction once per call: same ids as the formatted text."""
+    path, _ = embed_pair
+    ref = ReferenceEmbedder(path, 32768)
+    emb = Qwen3Embedder(path, max_length=32768)
+    texts = _stdlib_texts()
+    for task in [DEFAULT_TASK, "Find code.", " spaced ", "ends in a colon:", "中文指令？"]:
+        got, _ = emb._tokenize(texts, task)
+        for ids, text in zip(got, texts, strict=True):
+            assert ids == ref.token_ids(f"Instruct: {task}\nQuery:{text}"), (task, text)
+
+
+@pytest.mark.parametrize("query", ["x" * 104, "x" * 300, "the longest query " * 200])
+def test_a_long_query_is_cut_not_the_document(reranker_path, rerank_ref, query, caplog):
+    """Past max_query_share of the window the query's end is cut, and the document is kept."""
+    tok = rerank_ref.tokenizer
+    prefix, suffix = rerank_ref.prefix_tokens, rerank_ref.suffix_tokens
+    window = MAX_LEN - len(prefix) - len(suffix)
+    budget = int(0.75 * window)  # the default max_query_share
+    rr = Qwen3Reranker(reranker_path, max_length=MAX_LEN)
+    with caplog.at_level("WARNING"):
+        got = rr.encode_ids(query, DOCS)
+        scores = rr.score(query, DOCS)
+    head = tok(f"<Instruct>: {DEFAULT_TASK}\n<Query>: {query}\n", add_special_tokens=False)
+    assert len(head["input_ids"]) > budget
+    for ids, doc in zip(got, DOCS, strict=True):
+        official = rerank_ref.token_ids(query, doc)
+        tail = tok("<Document>: " + doc, add_special_tokens=False)["input_ids"]
+        if len(head["input_ids"]) + len(tail) <= window:
+            assert ids == official  # a pair that fits is the card's
+            continue
+        body, official = ids[len(prefix) : -len(suffix)], official[len(prefix) :]
+        assert ids[: len(prefix)] == prefix and ids[-len(suffix) :] == suffix
+        assert len(body) == window
+        keep = max(budget, window - len(tail))  # the query keeps what the document leaves
+        # The instruction and the query's first tokens are the card's, then the query line ends.
+        assert body[: keep - 1] == official[: keep - 1]
+        assert body[keep - 1] == tok("\n")["input_ids"][0]
+        # The document keeps its first tokens: all of them if it fits in what the query leaves.
+        assert body[keep:] == tail[: window - keep]
+    if len(head["input_ids"]) >= window:
+        # The card's recipe leaves no document token, so every document scores the same.
+        assert len({round(rerank_ref.score(query, d), 6) for d in DOCS[:3]}) == 1
+    assert len({round(s, 6) for s in scores}) > 3
+    warnings = [r for r in caplog.records if "max_query_share=0.75" in r.getMessage()]
+    assert len(warnings) == 1, caplog.text  # score() says it once
