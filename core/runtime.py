@@ -321,4 +321,4 @@ class Qwen3Runtime:
 
 def _rebuild(cls: type[Qwen3Runtime], model: str, config: RuntimeConfig) -> Qwen3Runtime:
     """Unpickle a runtime: build it again from its model name and config."""
-    return cls(model, config=config)  # type: ignore[call-arg]
+    return cls(model, config=config)

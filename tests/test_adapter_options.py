@@ -64,6 +64,7 @@ SAMPLES = {
     "dimensions": 48,
     "instruction": "Find code",
     "share_prefix": False,
+    "max_query_share": 0.5,
 }
 
 
