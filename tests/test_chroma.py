@@ -107,6 +107,7 @@ _QUERY_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_persistent_collection_reopened_in_a_fresh_process(tmp_path, ef):
     client = chromadb.PersistentClient(str(tmp_path))
     col = open_collection(client, "docs", ef)
@@ -134,6 +135,7 @@ def test_persistent_collection_reopened_in_a_fresh_process(tmp_path, ef):
         ("qwen3_rag.integrations.chroma", "chromadb", "chroma"),
     ],
 )
+@pytest.mark.slow
 def test_missing_framework_gives_the_install_hint(module, framework, extra):
     code = textwrap.dedent(
         f"""
@@ -153,6 +155,7 @@ def test_missing_framework_gives_the_install_hint(module, framework, extra):
     assert f'pip install "qwen3-rag[{extra}]"' in out.stdout
 
 
+@pytest.mark.slow
 def test_reopening_without_the_plugin_fails_instead_of_falling_back(tmp_path, ef):
     """reliability.md case 36: never a silent switch to Chroma's default MiniLM function."""
     col = open_collection(chromadb.PersistentClient(str(tmp_path)), "docs", ef)

@@ -348,6 +348,7 @@ def test_threads_mixing_embed_and_rerank_on_shared_models(emb, rr):
 # -- offline (case 44) ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_offline_run_makes_no_connection(tmp_path, embed_eos_path, reranker_path):
     code = f"""
 import socket
