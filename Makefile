@@ -29,7 +29,7 @@ venv: $(VENV)/.installed  ## Build the virtualenv with every extra and the test 
 test: venv  ## Run the whole test suite (offline, CPU)
 	$(PY) -m pytest
 
-test-fast: venv  ## The tests not marked slow (no subprocess, server or virtualenv)
+test-fast: venv  ## The tests not marked slow: no subprocess, server or virtualenv (about 90 s)
 	$(PY) -m pytest -m "not slow"
 
 $(FLOOR_VENV)/.installed: pyproject.toml
@@ -42,9 +42,10 @@ test-floor: $(FLOOR_VENV)/.installed  ## Core tests on the oldest supported tran
 	$(FLOOR_VENV)/bin/python -c "import transformers; assert transformers.__version__ == '$(TRANSFORMERS_FLOOR)'.split('==')[1]"
 	$(FLOOR_VENV)/bin/python -m pytest tests/test_core_exactness.py tests/test_core_units.py
 
-lint: venv typecheck  ## ruff check, ruff format --check, mypy
+lint: venv  ## ruff check, ruff format --check, then mypy (make typecheck)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(MAKE) --no-print-directory typecheck
 
 # mypy checks core/ and integrations/ under the names they install as (qwen3_rag.core,
 # qwen3_rag.integrations; see [tool.mypy] in pyproject.toml). It cannot read that mapping from the
