@@ -7,8 +7,8 @@ user turn with ``\\n\\n``; ``examples/`` uses another default instruction) the m
 
 from __future__ import annotations
 
-#: The embedding model loaded when none is named (a hub id).
 DEFAULT_EMBEDDING_MODEL = "Qwen/Qwen3-Embedding-0.6B"
+"""The embedding model loaded when none is named (a hub id)."""
 #: The reranker loaded when none is named (a hub id).
 DEFAULT_RERANKER_MODEL = "Qwen/Qwen3-Reranker-0.6B"
 
