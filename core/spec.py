@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 DEFAULT_EMBEDDING_MODEL = "Qwen/Qwen3-Embedding-0.6B"
+"""The embedding model loaded when none is named (a hub id)."""
+#: The reranker loaded when none is named (a hub id).
 DEFAULT_RERANKER_MODEL = "Qwen/Qwen3-Reranker-0.6B"
 
 #: The default task for both models, as in the model cards.

@@ -21,6 +21,7 @@ from qwen3_rag.core import (
     RerankResult,
 )
 
+#: The installed package's version.
 __version__ = "0.1.0"
 
 __all__ = [

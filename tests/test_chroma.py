@@ -150,6 +150,7 @@ def test_persistent_collection_reopened_in_a_fresh_process(tmp_path, ef):
         ("qwen3_rag.integrations.chroma", "chromadb", "chroma"),
     ],
 )
+@pytest.mark.slow
 def test_missing_framework_gives_the_install_hint(module, framework, extra):
     code = textwrap.dedent(
         f"""

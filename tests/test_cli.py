@@ -390,6 +390,7 @@ def test_demo_apps_run_end_to_end(script, tmp_path, models):
         assert ".md" in out.stdout or ".txt" in out.stdout
 
 
+@pytest.mark.slow
 def test_second_process_on_the_same_folder_is_refused(corpus, tmp_path, models):
     """reliability.md case 43: embedded Chroma is single-process."""
     import fcntl

@@ -130,6 +130,7 @@ def test_public_api_names():
     }
 
 
+@pytest.mark.slow
 def test_import_pulls_in_no_framework_and_core_is_not_top_level(tmp_path):
     code = (
         "import sys, qwen3_rag\n"

