@@ -82,16 +82,19 @@ class Qwen3Embedder(Qwen3Runtime):
                 f"{described.min_dimensions} to {described.hidden_size}"
             )
         self.instruction = cfg.instruction
-        super().__init__(model, cfg)
         self.config: EmbedderConfig = cfg
-        if cfg.dimensions is not None and cfg.dimensions > self.hidden_size:
-            raise ValueError(
-                f"dimensions={cfg.dimensions} is out of range: this model supports "
-                f"{MIN_DIMENSIONS} to {self.hidden_size}"
-            )
+        super().__init__(model, cfg)
         self.dimensions = cfg.dimensions
         if cfg.instruction:
             self._instruction_ids(cfg.instruction)  # fail now, not at the first query
+
+    def _check_model_config(self, model_config: Any) -> None:
+        dimensions, hidden = self.config.dimensions, int(model_config.hidden_size)
+        if dimensions is not None and dimensions > hidden:
+            raise ValueError(
+                f"dimensions={dimensions} is out of range: {self.model_name!r} supports "
+                f"{MIN_DIMENSIONS} to {hidden}"
+            )
 
     @property
     def output_dimensions(self) -> int:

@@ -147,6 +147,10 @@ class Qwen3Runtime:
             local_files_only=config.local_files_only,
         )
         self.model_name = os.fspath(model)
+        # The checkpoint's config.json is read before any weight is: options that conflict
+        # with it fail here, not after a multi-GB load.
+        self._model_config = check_qwen3_config(self.model_dir)
+        self._check_model_config(self._model_config)
         # Measured on 2 CPU cores with packed batches (0.6B, benchmarks/ inputs): embedding
         # is flat from 512 to 4k tokens per forward, reranking peaks at 1k (2.5 pairs/s, 2.0 at
         # 4k, as the prefix-joined keys leave the caches); GPUs need large batches to fill their
@@ -180,7 +184,7 @@ class Qwen3Runtime:
 
     # -- loading ---------------------------------------------------------------------------
     def _load(self, key: tuple[Any, ...]) -> LoadedModel:
-        config = check_qwen3_config(self.model_dir)
+        config = self._model_config
         tokenizer = load_tokenizer(self.model_dir)
         logger.info(
             "loading %s from %s on %s (%s, %s)",
@@ -200,6 +204,9 @@ class Qwen3Runtime:
 
     def _build(self, key: tuple[Any, ...], config: Any, tokenizer: SafeTokenizer) -> LoadedModel:
         raise NotImplementedError
+
+    def _check_model_config(self, model_config: Any) -> None:
+        """Check the options against the checkpoint's config before loading (subclass hook)."""
 
     @property
     def _load_attn_implementation(self) -> str:

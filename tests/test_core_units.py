@@ -735,3 +735,16 @@ def test_other_runtime_errors_are_not_retried(embed_eos_path, monkeypatch):
     with pytest.raises(RuntimeError, match="device-side"):
         emb.embed_documents(["a", "b", "c"])
     assert len(calls) == 1
+
+
+def test_out_of_range_dimensions_fail_before_any_weight_is_read(embed_eos_path, tmp_path):
+    # Weights that cannot be read prove the order: the config check must come first.
+    broken = tmp_path / "broken"
+    shutil.copytree(embed_eos_path, broken)
+    for weights in broken.glob("*.safetensors"):
+        weights.write_bytes(b"not safetensors")
+    hidden = json.loads((broken / "config.json").read_text())["hidden_size"]
+    with pytest.raises(
+        ValueError, match=rf"dimensions={hidden + 1} is out of range.*32 to {hidden}"
+    ):
+        Qwen3Embedder(str(broken), dimensions=hidden + 1)
