@@ -306,25 +306,35 @@ def storage_errors(db: Path | None, rebuild_hint: str) -> Iterator[None]:
     try:
         yield
     except (InternalError, OSError) as e:
-        if db is None:  # a server: its own error says it best
-            if isinstance(e, InternalError):
-                raise CliError(f"the Chroma server failed: {e}") from e
+        converted = storage_error(db, rebuild_hint, e)
+        if converted is None:
             raise
-        known = _classify_storage_error(e)
-        if known is not None:
-            cause, code = known
-            raise CliError(
-                f"cannot write the database in {str(db)!r}: {cause}; free space or fix "
-                "permissions and run the same command again (finished work is kept)",
-                code,
-            ) from e
-        if isinstance(e, OSError):
-            raise
-        raise CliError(
-            f"the database in {str(db)!r} is damaged ({_first_line(e)}); recreate it from "
-            f"the source files with: {rebuild_hint}",
-            EXIT_DAMAGED,
-        ) from e
+        raise converted from e
+
+
+def storage_error(db: Path | None, rebuild_hint: str, error: BaseException) -> CliError | None:
+    """The one-line error for a failed Chroma call, or None if it is not a storage fault."""
+    from chromadb.errors import InternalError
+
+    if db is None:  # a server: its own error says it best
+        if isinstance(error, InternalError):
+            return CliError(f"the Chroma server failed: {error}")
+        return None
+    known = _classify_storage_error(error)
+    if known is not None:
+        cause, code = known
+        return CliError(
+            f"cannot write the database in {str(db)!r}: {cause}; free space or fix "
+            "permissions and run the same command again (finished work is kept)",
+            code,
+        )
+    if not isinstance(error, InternalError):
+        return None
+    return CliError(
+        f"the database in {str(db)!r} is damaged ({_first_line(error)}); recreate it from "
+        f"the source files with: {rebuild_hint}",
+        EXIT_DAMAGED,
+    )
 
 
 def _first_line(error: BaseException) -> str:
@@ -383,8 +393,52 @@ def open_client(args: argparse.Namespace, *, write: bool, rebuild_hint: str) -> 
             f"run `qwen3-rag index PATH --db {path}` first"
         )
     _lock_folder(path, exclusive=write)
-    with storage_errors(path, rebuild_hint):
-        return chromadb.PersistentClient(path=str(path), settings=settings)
+    from chromadb.errors import InternalError
+
+    where = path
+    if not write and not _writable(path):
+        where = _read_only_copy(path)
+    try:
+        return chromadb.PersistentClient(path=str(where), settings=settings)
+    except Exception as e:
+        from chromadb.api.client import SharedSystemClient
+
+        # chromadb caches the half-started system per path; drop it so that a later open in
+        # this process (after --rebuild moved the files) starts afresh.
+        SharedSystemClient.clear_system_cache()
+        # A failed start makes chromadb's own clean-up raise (AttributeError) with the real
+        # error as its context; find that one.
+        cause: BaseException | None = e
+        while cause is not None and not isinstance(cause, (InternalError, OSError)):
+            cause = cause.__context__
+        converted = None if cause is None else storage_error(path, rebuild_hint, cause)
+        if converted is None:
+            raise
+        raise converted from e
+
+
+def _writable(path: Path) -> bool:
+    sqlite = path / "chroma.sqlite3"
+    return os.access(path, os.W_OK | os.X_OK) and os.access(sqlite, os.W_OK)
+
+
+def _read_only_copy(path: Path) -> Path:
+    """A private copy of a read-only database, removed at exit.
+
+    Embedded Chroma writes to its folder even to read (SQLite journal, start-up checks), so a
+    read-only folder is queried through a copy; nothing is written to the original.
+    """
+    import atexit
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="qwen3-rag-readonly-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    copy = tmp / "db"
+    shutil.copytree(path, copy, ignore=shutil.ignore_patterns(".qwen3-rag.lock"))
+    for item in [copy, *copy.rglob("*")]:  # the copy keeps the original's modes
+        item.chmod(0o700 if item.is_dir() else 0o600)
+    logger.info("%s is read-only; querying a copy in %s", path, copy)
+    return copy
 
 
 _held_locks: dict[str, Any] = {}
@@ -597,7 +651,10 @@ class Progress:
         expected = queued + (self.total_bytes - bytes_read) * (
             (written + queued) / max(bytes_read, 1)
         )
-        eta = f"ETA {_duration(expected / rate)}" if rate > 0 and expected else "ETA ?"
+        if final:
+            eta = f"done in {_duration(elapsed)}"
+        else:
+            eta = f"ETA {_duration(expected / rate)}" if rate > 0 else "ETA ?"
         line = (
             f"index: {written:,} chunks written, {rate:,.1f} chunks/s, "
             f"{files_read}/{self.files} files read, {eta}"
@@ -636,6 +693,8 @@ class _Writer:
         self.files: dict[str, _FileState] = {}
         self.size = FIRST_WRITE_BATCH
         self.written = 0
+        #: Bytes of the files read so far (for the progress estimate).
+        self.bytes_read = 0
 
     def add_file(self, source: str, fresh: list[Chunk], stale: set[str]) -> None:
         if fresh:
@@ -707,6 +766,12 @@ def cmd_index(args: argparse.Namespace) -> int:
             f"got {args.chunk_overlap}"
         )
     check_options(EmbedderConfig, given_options(args, EmbedderConfig))
+    # From here on SIGINT/SIGTERM stop the run at the next safe point (between writes).
+    with deferred_stop() as stop:
+        return _index(args, stop)
+
+
+def _index(args: argparse.Namespace, stop: StopRequest) -> int:
     started = time.perf_counter()
     files = find_files(args.paths)
     hint = _rebuild_hint(args)
@@ -716,11 +781,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     except CliError as e:
         if not (args.rebuild and e.code == EXIT_DAMAGED and db is not None):
             raise
-        from chromadb.api.client import SharedSystemClient
-
         aside = _move_aside(db)
         logger.warning("moved the damaged database files to %s", aside)
-        SharedSystemClient.clear_system_cache()
         client = open_client(args, write=True, rebuild_hint=hint)
     with storage_errors(db, hint):
         stored = stored_config(client, args.collection)
@@ -731,7 +793,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             stored = None
         embedder = embedder_for_index(args, stored)
         collection = open_collection_with(client, args.collection, embedder)
-        stats = _index_files(args, files, collection, embedder)
+        stats = _index_files(args, files, collection, embedder, stop)
         count = collection.count()
     elapsed = time.perf_counter() - started
     if args.json:
@@ -752,79 +814,122 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def _index_files(
-    args: argparse.Namespace, files: list[Path], collection: Any, embedder: Qwen3Embedder
+    args: argparse.Namespace,
+    files: list[Path],
+    collection: Any,
+    embedder: Qwen3Embedder,
+    stop: StopRequest,
 ) -> IndexStats:
     existing = _existing_ids(collection)
     stats = IndexStats()
     writer = _Writer(collection, embedder, stats)
     sizes = {p: p.stat().st_size for p in files}
     progress = Progress(not args.quiet, sum(sizes.values()), len(files))
-    bytes_read = 0
 
     def show(final: bool = False) -> None:
         progress.update(
             written=writer.written,
             queued=len(writer.queue),
-            bytes_read=bytes_read,
+            bytes_read=writer.bytes_read,
             files_read=stats.files + stats.skipped,
             final=final,
         )
 
-    with deferred_stop() as stop:
-
-        def check_stop() -> None:
-            if stop.signal_name is not None:
-                raise Interrupted(
-                    f"stopped by {stop.signal_name} after writing {writer.written} chunks"
-                )
-
-        for path in files:
-            check_stop()
-            bytes_read += sizes[path]
-            try:
-                chunks, replaced = chunk_file(path, args.chunk_size, args.chunk_overlap)
-            except (OSError, ValueError) as e:
-                logger.warning("skipped %s: %s", path, e)
-                stats.skipped += 1
-                stats.skipped_files.append({"path": str(path), "reason": str(e)})
-                continue
-            if replaced:
-                logger.warning(
-                    "%s: %d undecodable bytes replaced with U+FFFD (not UTF-8)", path, replaced
-                )
-                stats.replaced_characters[str(path)] = replaced
-            source = str(path)
-            stats.files += 1
-            stats.chunks += len(chunks)
-            stats.sources.add(source)
-            stored = existing.get(source, set())
-            # Duplicate chunks within a file share an id; Chroma refuses duplicate ids.
-            fresh = list({c.id: c for c in chunks if c.id not in stored}.values())
-            stats.unchanged += len(chunks) - len(fresh)
-            writer.add_file(source, fresh, stored - {c.id for c in chunks})
-            while writer.write():
-                show()
-                check_stop()
-            show()
-        while writer.write(drain=True):
-            show()
-            check_stop()
-        # Chunks of files that no longer exist (anywhere), or that are no longer supported
-        # under an indexed folder, go; other folders' chunks stay.
-        roots = [_source_path(Path(p).expanduser()) for p in args.paths]
-        for source, ids in sorted(existing.items()):
-            if source in stats.sources:
-                continue
-            src = Path(source)
-            unsupported = src.suffix.lower() not in SUPPORTED_SUFFIXES and any(
-                src.is_relative_to(r) for r in roots
+    def check_stop() -> None:
+        if stop.signal_name is not None:
+            raise Interrupted(
+                f"stopped by {stop.signal_name} after writing {writer.written} chunks"
             )
-            if _gone(source) or unsupported:
-                collection.delete(ids=sorted(ids))
-                stats.removed += len(ids)
-                stats.removed_sources.append(source)
-        show(final=True)
+
+    with _truncation_summary(embedder.max_length):
+        _index_loop(args, files, existing, stats, writer, sizes, show, check_stop)
+    # Chunks of files that no longer exist (anywhere), or that are no longer supported
+    # under an indexed folder, go; other folders' chunks stay.
+    roots = [_source_path(Path(p).expanduser()) for p in args.paths]
+    for source, ids in sorted(existing.items()):
+        if source in stats.sources:
+            continue
+        src = Path(source)
+        unsupported = src.suffix.lower() not in SUPPORTED_SUFFIXES and any(
+            src.is_relative_to(r) for r in roots
+        )
+        if _gone(source) or unsupported:
+            collection.delete(ids=sorted(ids))
+            stats.removed += len(ids)
+            stats.removed_sources.append(source)
+    show(final=True)
     return stats
+
+
+@contextlib.contextmanager
+def _truncation_summary(max_length: int) -> Iterator[None]:
+    """Count the embedder's per-batch truncation warnings and log one total at the end."""
+    counts = [0, 0]
+
+    def count(record: logging.LogRecord) -> bool:
+        if "were truncated" not in str(record.msg) or not isinstance(record.args, tuple):
+            return True
+        counts[0] += int(record.args[0])
+        counts[1] += int(record.args[1])
+        return False
+
+    source = logging.getLogger("qwen3_rag.core.runtime")
+    source.addFilter(count)
+    try:
+        yield
+    finally:
+        source.removeFilter(count)
+        if counts[0]:
+            logger.warning(
+                "%d of %d chunks were longer than max_length=%d tokens and were truncated "
+                "(a smaller --chunk-size keeps all text)",
+                counts[0],
+                counts[1],
+                max_length,
+            )
+
+
+def _index_loop(
+    args: argparse.Namespace,
+    files: list[Path],
+    existing: dict[str, set[str]],
+    stats: IndexStats,
+    writer: _Writer,
+    sizes: dict[Path, int],
+    show: Any,
+    check_stop: Any,
+) -> None:
+    for path in files:
+        check_stop()
+        writer.bytes_read += sizes[path]
+        try:
+            chunks, replaced = chunk_file(path, args.chunk_size, args.chunk_overlap)
+        except (OSError, ValueError) as e:
+            logger.warning("skipped %s: %s", path, e)
+            stats.skipped += 1
+            stats.skipped_files.append({"path": str(path), "reason": str(e)})
+            continue
+        if replaced:
+            logger.warning(
+                "%s: %d undecodable bytes replaced with U+FFFD (not UTF-8)", path, replaced
+            )
+            stats.replaced_characters[str(path)] = replaced
+        source = str(path)
+        stats.files += 1
+        stats.chunks += len(chunks)
+        stats.sources.add(source)
+        stored = existing.get(source, set())
+        # Duplicate chunks within a file share an id; Chroma refuses duplicate ids.
+        fresh = list({c.id: c for c in chunks if c.id not in stored}.values())
+        stats.unchanged += len(chunks) - len(fresh)
+        writer.add_file(source, fresh, stored - {c.id for c in chunks})
+        while writer.write():
+            show()
+            check_stop()
+        show()
+    while writer.write(drain=True):
+        show()
+        check_stop()
 
 
 # -- prune -----------------------------------------------------------------------------------
@@ -1027,19 +1132,23 @@ class _StderrHandler(logging.Handler):
 def _log_to_stderr(verbose: bool) -> Iterator[None]:
     # The CLI owns its process while it runs: the library's warnings (skipped files,
     # truncation) and errors go to stderr as one line each, whatever logging setup exists.
+    # pypdf's warnings go the same way (quiet_libraries decides whether they show).
     package = logging.getLogger("qwen3_rag")
+    pypdf = logging.getLogger("pypdf")
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    saved = (package.level, package.propagate)
-    package.addHandler(handler)
+    saved = [(lg, lg.level, lg.propagate) for lg in (package, pypdf)]
+    for lg in (package, pypdf):
+        lg.addHandler(handler)
+        lg.propagate = False
     package.setLevel(logging.INFO if verbose else logging.WARNING)
-    package.propagate = False
     try:
         yield
     finally:
-        package.removeHandler(handler)
-        package.setLevel(saved[0])
-        package.propagate = saved[1]
+        for lg, level, propagate in saved:
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+            lg.propagate = propagate
 
 
 @contextlib.contextmanager
