@@ -99,7 +99,7 @@ def model(embed_eos_path) -> str:
 def long_run(tmp_path_factory, embed_eos_path):
     """A corpus that takes several seconds to index, and its uninterrupted result."""
     root = tmp_path_factory.mktemp("killcorpus")
-    corpus = stdlib_corpus(root / "corpus", 24)
+    corpus = stdlib_corpus(root / "corpus", 12)
     db = root / "clean"
     argv = [
         sys.executable, "-m", "qwen3_rag", "index", str(corpus), "--db", str(db),
@@ -111,7 +111,7 @@ def long_run(tmp_path_factory, embed_eos_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_killed_runs_resume_to_the_uninterrupted_collection(long_run, tmp_path, sig):
     """Kill at random points; every next run goes on, and the last equals a clean build."""
     argv, clean_db, want, seconds = long_run
@@ -128,8 +128,9 @@ def test_killed_runs_resume_to_the_uninterrupted_collection(long_run, tmp_path, 
         assert "Traceback" not in err and "damaged" not in err, where
         if proc.returncode == 0:  # finished before the signal
             continue
-        if sig == signal.SIGTERM:
+        if sig == signal.SIGTERM and proc.returncode != -signal.SIGTERM:
             # Handled like SIGINT: the write in flight finishes, the run says how to resume.
+            # (-SIGTERM: it came while Python was still importing, before anything opened.)
             assert proc.returncode == 1, where
             assert "stopped by SIGTERM" in err and "run the same command again" in err, where
         else:
@@ -423,9 +424,9 @@ def test_progress_counts_chunks_inside_one_large_file(capsys, tmp_path, model, m
     lib = Path(sysconfig.get_paths()["stdlib"])
     corpus = tmp_path / "big"
     corpus.mkdir()
-    (corpus / "big.txt").write_text((lib / "argparse.py").read_text() * 2)
+    (corpus / "big.txt").write_text((lib / "argparse.py").read_text()[:60_000])
     monkeypatch.setattr(cli, "PROGRESS_SECONDS", 0.0)
-    monkeypatch.setattr(cli, "TARGET_BATCH_SECONDS", 0.05)
+    monkeypatch.setattr(cli, "TARGET_BATCH_SECONDS", 0.2)
     code, _out, err = run_cli(
         capsys,
         "index",
@@ -435,6 +436,8 @@ def test_progress_counts_chunks_inside_one_large_file(capsys, tmp_path, model, m
         "--embedding-model",
         model,
         *FAST,
+        "--attn-implementation",
+        "eager",
     )
     assert code == 0
     lines = [line for line in err.splitlines() if line.startswith("index:")]
