@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import importlib
 import json
@@ -189,19 +190,25 @@ def read_text(path: Path) -> tuple[list[tuple[str, dict[str, Any]]], int]:
     return [(text, {})], replaced
 
 
+@functools.lru_cache(maxsize=4)
+def _splitter(chunk_size: int, chunk_overlap: int) -> Any:
+    # One splitter per run: building it per file costs more than splitting a small file.
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+    return RecursiveCharacterTextSplitter(
+        chunk_size=chunk_size, chunk_overlap=chunk_overlap, add_start_index=True
+    )
+
+
 def chunk_file(path: Path, chunk_size: int, chunk_overlap: int) -> tuple[list[Chunk], int]:
     """Split a file into chunks whose ids depend only on its path and the chunk's content.
 
     Returns:
         The chunks and how many undecodable bytes were replaced with U+FFFD.
     """
-    from langchain_text_splitters import RecursiveCharacterTextSplitter
-
     from qwen3_rag.integrations.chroma import clean_metadata
 
-    splitter = RecursiveCharacterTextSplitter(
-        chunk_size=chunk_size, chunk_overlap=chunk_overlap, add_start_index=True
-    )
+    splitter = _splitter(chunk_size, chunk_overlap)
     source = str(path)
     chunks: list[Chunk] = []
     parts, replaced = read_text(path)
