@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import functools
 import hashlib
 import importlib
@@ -361,7 +362,16 @@ def storage_error(db: Path | None, rebuild_hint: str, error: BaseException) -> C
         if isinstance(error, InternalError):
             return CliError(f"the Chroma server failed: {error}")
         return None
-    known = _classify_storage_error(error, db)
+    if isinstance(error, OSError) and not isinstance(error, InternalError):
+        # Only the file system's own refusals; any other OSError keeps its traceback.
+        if error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            known: tuple[str, int] | None = (f"{error.strerror}", EXIT_STORAGE)
+        elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            known = (f"a database file is not writable ({error.strerror})", EXIT_STORAGE)
+        else:
+            return None
+    else:
+        known = _classify_storage_error(error, db)
     if known is not None:
         cause, code = known
         return CliError(

@@ -119,6 +119,7 @@ def test_killed_runs_resume_to_the_uninterrupted_collection(long_run, tmp_path, 
     argv = [a if a != str(clean_db) else str(db) for a in argv]
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
+    handled = 0
     for round_ in range(4):
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(rng.uniform(0.2, 0.9) * seconds)
@@ -133,8 +134,11 @@ def test_killed_runs_resume_to_the_uninterrupted_collection(long_run, tmp_path, 
             # (-SIGTERM: it came while Python was still importing, before anything opened.)
             assert proc.returncode == 1, where
             assert "stopped by SIGTERM" in err and "run the same command again" in err, where
+            handled += 1
         else:
             assert proc.returncode == -signal.SIGKILL, where
+    if sig == signal.SIGTERM:
+        assert handled >= 1, f"seed {seed}: no SIGTERM arrived while indexing"
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"seed {seed}\n{done.stderr}"
     assert_same_collection(collection_state(db), want)
