@@ -1159,8 +1159,8 @@ def build_parser() -> argparse.ArgumentParser:
     _store_flags(query)
     add_config_flags(
         query.add_argument_group(
-            "reranker options (device, dtype and the other runtime options also apply to "
-            "the embedder, which otherwise uses the collection's stored settings)"
+            "reranker options (the runtime ones, such as --device, apply to the embedder "
+            "too; it takes the rest from the collection)"
         ),
         RerankerConfig,
     )

@@ -99,15 +99,27 @@ def model(embed_eos_path) -> str:
 def long_run(tmp_path_factory, embed_eos_path):
     """A corpus that takes several seconds to index, and its uninterrupted result."""
     root = tmp_path_factory.mktemp("killcorpus")
-    corpus = stdlib_corpus(root / "corpus", 12)
+    corpus = stdlib_corpus(root / "corpus", 24)
     db = root / "clean"
     argv = [
         sys.executable, "-m", "qwen3_rag", "index", str(corpus), "--db", str(db),
         "--embedding-model", embed_eos_path, *FAST, "--attn-implementation", "eager",
     ]  # fmt: skip
-    started = time.monotonic()
-    subprocess.run(argv, check=True, capture_output=True, timeout=300)
-    return argv, db, collection_state(db), time.monotonic() - started
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    first_write = wait_for_line(proc, "index:")
+    done = wait_for_line(proc, "done in")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    return argv, db, collection_state(db), done - first_write
+
+
+def wait_for_line(proc: subprocess.Popen, text: str) -> float:
+    """Block until the run prints a stderr line containing ``text``; return when."""
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if text in line:
+            return time.monotonic()
+    raise AssertionError(f"the run ended before printing {text!r}")
 
 
 @pytest.mark.slow
@@ -122,16 +134,17 @@ def test_killed_runs_resume_to_the_uninterrupted_collection(long_run, tmp_path, 
     handled = 0
     for round_ in range(4):
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(rng.uniform(0.2, 0.9) * seconds)
+        # A random point of the indexing itself (each run resumes, so it has less to do).
+        wait_for_line(proc, "index:")  # the first batch is stored
+        time.sleep(rng.uniform(0.0, 0.9) * seconds * (1 - round_ / 5))
         proc.send_signal(sig)
-        _out, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=120)
         where = f"seed {seed}, round {round_}: rc {proc.returncode}\n{err}"
         assert "Traceback" not in err and "damaged" not in err, where
-        if proc.returncode == 0:  # finished before the signal
-            continue
-        if sig == signal.SIGTERM and proc.returncode != -signal.SIGTERM:
+        if proc.returncode == 0 or (proc.returncode == -signal.SIGTERM and "done in" in err):
+            continue  # the signal came after the work was done
+        if sig == signal.SIGTERM:
             # Handled like SIGINT: the write in flight finishes, the run says how to resume.
-            # (-SIGTERM: it came while Python was still importing, before anything opened.)
             assert proc.returncode == 1, where
             assert "stopped by SIGTERM" in err and "run the same command again" in err, where
             handled += 1
