@@ -169,12 +169,36 @@ def resolve_model_dir(
             allow_patterns=_HUB_PATTERNS,
         )
     except Exception as e:  # huggingface_hub raises many types; all mean "cannot get this model"
-        where = "in the local cache (offline mode)" if offline else "on the hub or in the cache"
-        raise ModelLoadError(
-            f"model {text!r} (revision {revision or 'main'}) was not found {where}: {e}"
-        ) from e
+        raise ModelLoadError(_hub_failure(text, revision, offline, e)) from e
     _check_model_dir(Path(local))
     return Path(local)
+
+
+def _hub_failure(model: str, revision: str | None, offline: bool, error: Exception) -> str:
+    """Why a hub id could not be used, told apart: offline, unreachable, or no such model."""
+    from huggingface_hub.errors import (
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    name = f"model {model!r} (revision {revision or 'main'})"
+    folder = "or pass the local folder that holds the model instead of the hub id"
+    if offline:
+        return (
+            f"{name} is not in the local cache, and downloads are off (HF_HUB_OFFLINE=1 or "
+            f"local_files_only=True): download it once where the hub is reachable, {folder}"
+        )
+    if isinstance(error, (RepositoryNotFoundError, RevisionNotFoundError)):
+        return f"{name} does not exist on the hub (or is private or gated): {error}"
+    if isinstance(error, LocalEntryNotFoundError):  # raised for a failed connection
+        cause = error.__cause__ or error.__context__ or error
+        return (
+            f"cannot reach the Hugging Face hub to fetch {name}, and it is not in the local "
+            f"cache ({type(cause).__name__}: {cause}): check the network, {folder}; with "
+            "HF_HUB_OFFLINE=1 only the cache is used"
+        )
+    return f"{name} could not be fetched from the hub: {type(error).__name__}: {error}"
 
 
 def _check_model_dir(path: Path) -> None:

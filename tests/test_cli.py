@@ -176,7 +176,7 @@ def test_query_json_is_sorted_with_sources(capsys, corpus, tmp_path, models):
             "cannot reach the Chroma server",
         ),
         (["index", "{corpus}", "--chroma-url", "ftp://x"], "--chroma-url"),
-        (["index", "{corpus}", "--dimensions", "7"], "dimensions=7 is out of range"),
+        (["index", "{corpus}", "--dimensions", "7"], "dimensions must be at least 32, got 7"),
     ],
 )
 def test_clear_errors_without_tracebacks(capsys, corpus, tmp_path, models, argv, message):
@@ -217,13 +217,24 @@ def test_unwritable_db_is_refused_with_its_path(capsys, corpus, tmp_path, models
     assert code == 2 and str(db) in err
 
 
-def test_unreadable_file_is_skipped_and_the_rest_indexed(capsys, corpus, tmp_path, models):
-    (corpus / "broken.txt").write_bytes(b"\xff\xfe\x00 not utf-8 \xc3\x28")
+def test_undecodable_bytes_are_replaced_and_damaged_files_listed(capsys, corpus, tmp_path, models):
+    """#10 item 8: one bad byte no longer skips a file; --json says which files were skipped."""
+    (corpus / "latin1.txt").write_bytes("Caf\xe9 au lait, cr\xe8me br\xfbl\xe9e.".encode("latin-1"))
     (corpus / "broken.pdf").write_bytes(b"%PDF-1.4 garbage")
     code, out, err = index(capsys, corpus, tmp_path / "db", models)
     stats = json.loads(out)
-    assert code == 0 and stats["files"] == 4 and stats["skipped"] == 2
-    assert "broken.txt" in err and "broken.pdf" in err
+    assert code == 0 and stats["files"] == 5 and stats["skipped"] == 1
+    latin1 = str(corpus / "latin1.txt")
+    assert stats["replaced_characters"] == {latin1: 4}
+    assert [s["path"] for s in stats["skipped_files"]] == [str(corpus / "broken.pdf")]
+    assert "cannot read this PDF" in stats["skipped_files"][0]["reason"]
+    assert "latin1.txt: 4 undecodable bytes replaced" in err and "broken.pdf" in err
+
+    import chromadb
+
+    col = chromadb.PersistentClient(str(tmp_path / "db")).get_collection("qwen3-rag")
+    got = col.get(where={"source": latin1}, include=["documents"])
+    assert got["documents"] == ["Caf\ufffd au lait, cr\ufffdme br\ufffdl\ufffde."]
 
 
 def test_model_or_dimension_mismatch_names_both(capsys, corpus, tmp_path, models):
