@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import random
+import re
 import resource
 import shutil
 import signal
@@ -421,15 +422,22 @@ def test_library_noise_is_hidden_by_default_and_settings_restored(capsys, tmp_pa
     # No %%EOF marker: pypdf logs "EOF marker not found" (then the file is skipped).
     (corpus / "no_eof.pdf").write_bytes(minimal_pdf("Reset button.").replace(b"%%EOF", b""))
     (corpus / "note.txt").write_text("Rotate keys every 90 days.")
+    # pypdf words its complaint differently across releases and call orders.
+    pdf_noise = re.compile(r"EOF marker|%%EOF|startxref")
+    # Each run gets its own copy of the model, so each really loads weights (a model another
+    # test left loaded is shared, and then no loading bar is drawn).
+    quiet_model, verbose_model = tmp_path / "m-quiet", tmp_path / "m-verbose"
+    shutil.copytree(model, quiet_model)
+    shutil.copytree(model, verbose_model)
     hf_logging.enable_progress_bar()
     pypdf_level = logging.getLogger("pypdf").level
-    code, _, err = index_json(capsys, [corpus], tmp_path / "db", model)
+    code, _, err = index_json(capsys, [corpus], tmp_path / "db", str(quiet_model))
     assert code == 0
-    assert "EOF marker" not in err and "Loading weights" not in err
+    assert not pdf_noise.search(err) and "Loading weights" not in err
     assert hf_logging.is_progress_bar_enabled()  # the caller's setting is back
     assert logging.getLogger("pypdf").level == pypdf_level
-    code, _, err = index_json(capsys, [corpus], tmp_path / "db2", model, "-v")
-    assert code == 0 and "EOF marker" in err and "Loading weights" in err
+    code, _, err = index_json(capsys, [corpus], tmp_path / "db2", str(verbose_model), "-v")
+    assert code == 0 and pdf_noise.search(err) and "Loading weights" in err
     hf_logging.disable_progress_bar()
     code, _, _ = index_json(capsys, [corpus], tmp_path / "db3", model)
     assert not hf_logging.is_progress_bar_enabled()
