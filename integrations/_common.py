@@ -8,11 +8,9 @@ core option reaches every adapter without an edit here.
 
 from __future__ import annotations
 
-import json
 import os
 import typing
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 from qwen3_rag.core import (
@@ -25,7 +23,6 @@ from qwen3_rag.core import (
 from qwen3_rag.core.config import build_config, fields
 from qwen3_rag.core.reranker import check_score_threshold
 from qwen3_rag.core.runtime import check_positive_int
-from qwen3_rag.core.spec import MIN_DIMENSIONS
 
 try:  # pydantic comes with every supported framework (LangChain, LlamaIndex, Chroma)
     from pydantic import (
@@ -128,52 +125,13 @@ def build_core(core_cls: type[Any], model: object, options: Mapping[str, Any]) -
                 f"cannot apply; pass them to the {core_cls.__name__} instead"
             )
         return model
-    config = build_config(_CONFIG_OF[core_cls], None, given)
-    if isinstance(config, EmbedderConfig) and config.dimensions is not None:
-        _check_dimensions_before_load(model, config)
-    return core_cls(model, config=config)
+    # The core checks the options against the checkpoint's config.json before any weight loads.
+    return core_cls(model, config=build_config(_CONFIG_OF[core_cls], None, given))
 
 
 def build_embedder(model: object, options: Mapping[str, Any]) -> Qwen3Embedder:
     """:func:`build_core` for a :class:`~qwen3_rag.core.Qwen3Embedder`."""
     return typing.cast(Qwen3Embedder, build_core(Qwen3Embedder, model, options))
-
-
-def _check_dimensions_before_load(model: str, config: EmbedderConfig) -> None:
-    """Refuse ``dimensions`` above the model's hidden size, reading only its ``config.json``."""
-    hidden = _hidden_size(model, config)
-    if hidden is not None and config.dimensions is not None and config.dimensions > hidden:
-        raise ValueError(
-            f"dimensions={config.dimensions} is out of range: {model!r} supports "
-            f"{MIN_DIMENSIONS} to {hidden}"
-        )
-
-
-def _hidden_size(model: str, config: EmbedderConfig) -> int | None:
-    path = Path(model).expanduser()
-    if path.is_dir():
-        file = path / "config.json"
-    else:
-        try:
-            from huggingface_hub import hf_hub_download
-
-            file = Path(
-                hf_hub_download(
-                    model,
-                    "config.json",
-                    revision=config.revision,
-                    cache_dir=config.cache_dir,
-                    local_files_only=config.local_files_only,
-                )
-            )
-        # Any failure to get the file (offline, unknown id, bad name) is reported by the core's
-        # own model resolution next, with its cause; this early check simply does not apply.
-        except Exception:
-            return None
-    try:
-        return int(json.loads(file.read_text(encoding="utf-8"))["hidden_size"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # the core's config check names what is wrong with the folder
 
 
 class _CoreAdapter(BaseModel):
