@@ -192,12 +192,12 @@ def test_clear_errors_without_tracebacks(capsys, corpus, tmp_path, models, argv,
 
 
 def test_a_bug_keeps_its_traceback(capsys, corpus, tmp_path, models, monkeypatch):
-    from qwen3_rag import cli
+    from qwen3_rag.cli import index as cli_index
 
     def broken(path, chunk_size, chunk_overlap):
         raise TypeError("a programming error")
 
-    monkeypatch.setattr(cli, "chunk_file", broken)
+    monkeypatch.setattr(cli_index, "chunk_file", broken)
     db = str(tmp_path / "db")
     with pytest.raises(TypeError, match="a programming error"):
         run_cli(capsys, "index", str(corpus), "--db", db, "--embedding-model", models["embed"])

@@ -24,6 +24,8 @@ import numpy as np
 import pytest
 
 from qwen3_rag import __version__, cli
+from qwen3_rag.cli import common as cli_common
+from qwen3_rag.cli import index as cli_index
 from qwen3_rag.cli import main
 from qwen3_rag.core import EmbedderConfig, RerankerConfig
 from qwen3_rag.core.config import fields
@@ -165,7 +167,7 @@ def test_killed_runs_resume_to_the_uninterrupted_collection(long_run, tmp_path, 
 def test_sigterm_stops_after_the_write_in_flight(capsys, tmp_path, model, monkeypatch):
     """In process: a SIGTERM during a write lets the write finish, then exits 1."""
     corpus = stdlib_corpus(tmp_path / "corpus", 3)
-    real_write = cli._Writer.write
+    real_write = cli_index._Writer.write
     calls = []
 
     def write_then_signal(self, *, drain=False):
@@ -175,7 +177,7 @@ def test_sigterm_stops_after_the_write_in_flight(capsys, tmp_path, model, monkey
             os.kill(os.getpid(), signal.SIGTERM)  # arrives while this batch is being stored
         return wrote
 
-    monkeypatch.setattr(cli._Writer, "write", write_then_signal)
+    monkeypatch.setattr(cli_index._Writer, "write", write_then_signal)
     previous = signal.getsignal(signal.SIGTERM)
     code, _, err = index_json(capsys, [corpus], tmp_path / "db", model)
     assert code == 1 and f"stopped by SIGTERM after writing {calls[0]} chunks" in err
@@ -240,8 +242,8 @@ def test_many_small_files_are_written_in_few_batches(capsys, tmp_path, model, mo
     monkeypatch.setattr(Collection, "add", counting_add)
     code, stats, _ = index_json(capsys, [corpus], tmp_path / "db", model)
     assert code == 0 and stats["new"] == 300 and sum(adds) == 300
-    assert len(adds) <= 300 // cli.FIRST_WRITE_BATCH + 1  # one write per file before
-    assert max(adds) <= cli.MAX_WRITE_BATCH
+    assert len(adds) <= 300 // cli_index.FIRST_WRITE_BATCH + 1  # one write per file before
+    assert max(adds) <= cli_index.MAX_WRITE_BATCH
 
 
 # -- #18 item 2: stale chunks, symlinks, prune -----------------------------------------------------
@@ -339,7 +341,7 @@ def test_model_flags_come_from_the_config(command, cls):
         if command == "query"
         else [command, "x", "--local-files-only", "--batch-tokens", "512"]
     )
-    given = cli.given_options(args, cls)
+    given = cli_common.given_options(args, cls)
     assert given == (
         {"share_prefix": False}
         if command == "query"
@@ -454,8 +456,8 @@ def test_progress_counts_chunks_inside_one_large_file(capsys, tmp_path, model, m
     corpus = tmp_path / "big"
     corpus.mkdir()
     (corpus / "big.txt").write_text((lib / "argparse.py").read_text()[:60_000])
-    monkeypatch.setattr(cli, "PROGRESS_SECONDS", 0.0)
-    monkeypatch.setattr(cli, "TARGET_BATCH_SECONDS", 0.2)
+    monkeypatch.setattr(cli_index, "PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(cli_index, "TARGET_BATCH_SECONDS", 0.2)
     code, _out, err = run_cli(
         capsys,
         "index",
