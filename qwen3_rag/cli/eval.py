@@ -27,6 +27,8 @@ from qwen3_rag.core import DEFAULT_EMBEDDING_MODEL, RuntimeConfig
 #: Where corpus vectors are kept between runs unless ``--eval-cache`` says otherwise.
 DEFAULT_EVAL_CACHE = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "qwen3-rag" / "eval"
 EVAL_INSTALL = 'pip install "qwen3-rag[eval]"'
+#: DATA naming the built-in code-search set (qwen3_rag.eval.stdlib), optionally ``stdlib:a,b``.
+STDLIB = "stdlib"
 
 
 def _require_eval() -> None:
@@ -173,10 +175,23 @@ def _collection_run(args: argparse.Namespace, dataset: Any, progress: bool) -> t
     return run, name, texts
 
 
+def _load(args: argparse.Namespace) -> Any:
+    """The dataset DATA names: a BEIR folder, a QA file, or ``stdlib[:module,...]``."""
+    from qwen3_rag.eval import build_stdlib_dataset, load_dataset
+
+    data = str(args.data)
+    if not Path(data).exists() and (data == STDLIB or data.startswith(STDLIB + ":")):
+        modules = [m.strip() for m in data[len(STDLIB) + 1 :].split(",") if m.strip()]
+        return build_stdlib_dataset(modules=modules or None)
+    return load_dataset(
+        data, split=args.split, question=args.question_field, answer=args.answer_field
+    )
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Load the data, make every requested run, print and write the results."""
     _require_eval()
-    from qwen3_rag.eval import DataError, evaluate, load_dataset, parse_metrics, write_trec_run
+    from qwen3_rag.eval import DataError, evaluate, parse_metrics, write_beir, write_trec_run
 
     try:
         metrics = list(parse_metrics(args.metrics))
@@ -189,10 +204,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     progress = not args.quiet
     started = time.perf_counter()
     try:
-        dataset = load_dataset(
-            args.data, split=args.split, question=args.question_field, answer=args.answer_field
-        )
-    except DataError as e:
+        dataset = _load(args)
+        if args.save_dataset:
+            write_beir(dataset, args.save_dataset, args.split)
+    except (DataError, ValueError) as e:
         raise CliError(str(e)) from e
     if args.sample is not None:
         dataset = dataset.sample(args.sample, args.seed)
@@ -273,6 +288,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         out(f"results: {args.json}")
     if args.save_runs:
         out(f"run files: {args.save_runs}")
+    if args.save_dataset:
+        out(f"dataset: {args.save_dataset}")
     if args.plot:
         out(f"plot: {args.plot}")
     logger.info("eval finished in %.1f s", time.perf_counter() - started)
@@ -288,7 +305,11 @@ def register(sub: Any) -> None:
         "BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv) or a CSV/TSV/JSONL file "
         "of questions and answers (answers become the documents).",
     )
-    p.add_argument("data", help="BEIR folder, or .csv/.tsv/.jsonl question-answer file")
+    p.add_argument(
+        "data",
+        help="BEIR folder, .csv/.tsv/.jsonl question-answer file, or 'stdlib' (a code-search "
+        "set built from Python's standard library; 'stdlib:json.decoder,shlex' picks modules)",
+    )
     p.add_argument(
         "--embedding-model",
         default=None,
@@ -348,6 +369,12 @@ def register(sub: Any) -> None:
         help="evaluate N queries drawn at random (the corpus stays whole)",
     )
     data.add_argument("--seed", type=int, default=0, help="seed of --sample (default: 0)")
+    data.add_argument(
+        "--save-dataset",
+        default=None,
+        metavar="DIR",
+        help="also write the whole dataset (before --sample) as a BEIR folder",
+    )
     output = p.add_argument_group("output")
     output.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
     output.add_argument(

@@ -258,7 +258,7 @@ def evaluate(
     for baseline in dict.fromkeys(baselines):
         started = time.perf_counter()
         if baseline == "bm25":
-            bm25 = run = bm25_run(dataset, progress=progress)
+            bm25 = run = bm25_run(dataset)
         else:
             run = st_run(
                 baseline[3:], dataset, cache=_cache(cache_dir), progress=progress, device=device
@@ -272,7 +272,7 @@ def evaluate(
             )
         started = time.perf_counter()
         if bm25 is None:
-            bm25 = bm25_run(dataset, progress=progress)
+            bm25 = bm25_run(dataset)
         run = rrf([bm25, first.run])
         name = f"hybrid RRF (bm25 + {first.name})"
         rows.append(evaluate_run(name, dataset, run, time.perf_counter() - started, names))

@@ -46,8 +46,8 @@ def plot_results(
     left.set_ylabel("recall@k")
     left.set_ylim(0, 1.02)
     left.grid(True, alpha=0.3)
-    left.legend(fontsize=8, loc="lower right")
-    left.set_title("Recall@k (higher is better)")
+    # The bars name the runs in the same colours; a legend would cover the curves.
+    left.set_title("Recall@k (colours as in the bars)")
     positions = range(len(rows))
     bars = right.barh(
         list(positions), [v["ndcg@10"] for v in curves], color=[f"C{i}" for i in positions]

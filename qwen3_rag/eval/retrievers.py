@@ -32,11 +32,22 @@ def langchain_documents(dataset: Dataset, id_key: str = ID_KEY) -> list[Any]:
 
 
 def llamaindex_nodes(dataset: Dataset, id_key: str = ID_KEY) -> list[Any]:
-    """The corpus as LlamaIndex ``TextNode`` objects (``id_`` and ``metadata[id_key]`` = doc id)."""
+    """The corpus as LlamaIndex ``TextNode`` objects (``id_`` and ``metadata[id_key]`` = doc id).
+
+    The id is excluded from what LlamaIndex embeds and shows an LLM.
+    """
     from llama_index.core.schema import TextNode
 
+    # LlamaIndex embeds and prompts with the metadata by default: the id would leak into the
+    # vectors (an id such as "json:loads" names the answer), so it is kept out of both.
     return [
-        TextNode(text=text, id_=doc_id, metadata={id_key: doc_id})
+        TextNode(
+            text=text,
+            id_=doc_id,
+            metadata={id_key: doc_id},
+            excluded_embed_metadata_keys=[id_key],
+            excluded_llm_metadata_keys=[id_key],
+        )
         for doc_id, text in dataset.corpus.items()
     ]
 

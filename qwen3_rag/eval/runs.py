@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,8 @@ class VectorCache:
                 return vectors
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError) as e:  # a damaged file: recompute it
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            # A damaged or truncated file: recompute it (and overwrite it).
             logger.warning("ignoring unreadable cache file %s: %s", path, e)
             return None
 
@@ -171,22 +173,25 @@ def exact_search(
     return run
 
 
-def bm25_run(dataset: Dataset, depth: int = RUN_DEPTH, progress: bool = False) -> Run:
-    """BM25 (bm25s, Lucene's variant, English stopwords) over the corpus."""
+def bm25_run(dataset: Dataset, depth: int = RUN_DEPTH) -> Run:
+    """BM25 (bm25s, Lucene's variant, English stopwords, no stemming) over the corpus.
+
+    No model runs, so it is quick and shows no progress bar.
+    """
     import bm25s
 
     doc_ids = list(dataset.corpus)
     query_ids = list(dataset.queries)
     retriever = bm25s.BM25()
     retriever.index(
-        bm25s.tokenize(list(dataset.corpus.values()), stopwords="en", show_progress=progress),
-        show_progress=progress,
+        bm25s.tokenize(list(dataset.corpus.values()), stopwords="en", show_progress=False),
+        show_progress=False,
     )
     tokens = bm25s.tokenize(
-        [dataset.queries[q] for q in query_ids], stopwords="en", show_progress=progress
+        [dataset.queries[q] for q in query_ids], stopwords="en", show_progress=False
     )
     k = min(depth, len(doc_ids))
-    results, scores = retriever.retrieve(tokens, k=k, show_progress=progress, n_threads=1)
+    results, scores = retriever.retrieve(tokens, k=k, show_progress=False, n_threads=1)
     return {
         qid: {doc_ids[int(d)]: float(s) for d, s in zip(results[row], scores[row], strict=True)}
         for row, qid in enumerate(query_ids)
