@@ -238,8 +238,9 @@ def evaluate(
     elif embedder is not None:
         runner = DenseRunner(embedder, dataset, cache_dir=cache_dir)
         label = model_label(embedder.model_name)
-        for instruction in instructions:
-            for dims in dimensions:
+        # A value given twice is one row.
+        for instruction in dict.fromkeys(instructions):
+            for dims in dict.fromkeys(dimensions):
                 started = time.perf_counter()
                 run = runner.run(instruction, dims)
                 name = label + instruction_label(instruction) + (f" @{dims}d" if dims else "")
