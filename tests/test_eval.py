@@ -316,6 +316,8 @@ def test_dimension_rows_equal_an_embedder_built_with_those_dimensions(small, emb
     direct = evaluate_embedder(Qwen3Embedder(embed_eos_path, dimensions=32), data)
     for name, value in direct.items():
         assert rows[1].metrics[name] == pytest.approx(value, abs=1e-9)
+    with pytest.raises(ValueError, match="below 32"):
+        evaluate_embedder(Qwen3Embedder(embed_eos_path), data, dimensions=8)
     with pytest.raises(ValueError, match="larger than"):
         evaluate_embedder(Qwen3Embedder(embed_eos_path), data, dimensions=4096)
 

@@ -144,6 +144,8 @@ def test_eval_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     assert "unknown metric 'f1@3'" in capsys.readouterr().err
     assert main(["eval", "stdlib:shlex", "--baseline", "bm42", "-q"]) == 2
     assert "unknown baseline 'bm42'" in capsys.readouterr().err
+    assert main(["eval", "stdlib:shlex", "--collection", "c", "--dimensions", "64", "-q"]) == 2
+    assert "do not apply to --collection" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["eval", "stdlib:shlex", "--dimensions", "64,big"])
     assert "--dimensions" in capsys.readouterr().err

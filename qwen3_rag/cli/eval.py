@@ -197,8 +197,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         metrics = list(parse_metrics(args.metrics))
     except ValueError as e:
         raise CliError(str(e)) from e
-    if args.collection is not None and args.embedding_model is None and args.instructions:
-        raise CliError("--instruction does not apply to --collection (it uses its stored one)")
+    if args.collection is not None and (args.instructions or args.dimensions):
+        raise CliError(
+            "--instruction and --dimensions do not apply to --collection: it is searched with "
+            "the model and options it was built with"
+        )
     options = given_options(args, RuntimeConfig)
     check_options(RuntimeConfig, options)
     progress = not args.quiet
@@ -218,11 +221,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     embedder = reranker = None
     dense_run = dense_name = dense_texts = None
+    dense_seconds = 0.0
     from qwen3_rag.cli.store import model_hint
     from qwen3_rag.core import Qwen3Embedder, Qwen3Reranker
 
     if args.collection is not None:
+        searched = time.perf_counter()
         dense_run, dense_name, dense_texts = _collection_run(args, dataset, progress)
+        dense_seconds = time.perf_counter() - searched
     elif args.embedding_model is not None or not args.baselines:
         with model_hint("--embedding-model", "EMBED_MODEL"):
             embedder = Qwen3Embedder(
@@ -252,6 +258,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             dense_run=dense_run,
             dense_name=dense_name,
             dense_texts=dense_texts,
+            dense_seconds=dense_seconds,
             progress=progress,
             device=options.get("device"),
         )

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from qwen3_rag.core.spec import MIN_DIMENSIONS
+
 from .data import Dataset
 from .metrics import Run, compute_metrics, parse_metrics
 from .runs import (
@@ -103,8 +105,14 @@ class DenseRunner:
         """Top ``depth`` documents per query.
 
         Raises:
-            ValueError: If ``dimensions`` is larger than the embedder's output.
+            ValueError: If ``dimensions`` is below the models' smallest MRL size or larger than
+                the embedder's output.
         """
+        if dimensions is not None and dimensions < MIN_DIMENSIONS:
+            raise ValueError(
+                f"dimensions={dimensions} is below {MIN_DIMENSIONS}, the smallest MRL size the "
+                "models were trained for"
+            )
         docs = self.corpus_vectors()
         if dimensions is not None and dimensions > docs.shape[1]:
             raise ValueError(
@@ -196,6 +204,7 @@ def evaluate(
     dense_run: Run | None = None,
     dense_name: str | None = None,
     dense_texts: dict[str, str] | None = None,
+    dense_seconds: float = 0.0,
     progress: bool = False,
     device: str | None = None,
 ) -> list[RunResult]:
@@ -220,6 +229,7 @@ def evaluate(
         dense_run: A ready dense run to use instead of the embedder's (named ``dense_name``).
         dense_name: The name of ``dense_run``'s row.
         dense_texts: Texts of ``dense_run``'s documents, for the reranker (default: the corpus).
+        dense_seconds: The time ``dense_run`` took (its row's ``seconds``).
         progress: Show progress bars (stderr).
         device: Device for sentence-transformers baselines.
 
@@ -233,7 +243,7 @@ def evaluate(
     rows: list[RunResult] = []
     first: RunResult | None = None
     if dense_run is not None:
-        first = evaluate_run(dense_name or "dense", dataset, dense_run, 0.0, names)
+        first = evaluate_run(dense_name or "dense", dataset, dense_run, dense_seconds, names)
         rows.append(first)
     elif embedder is not None:
         runner = DenseRunner(embedder, dataset, cache_dir=cache_dir)
