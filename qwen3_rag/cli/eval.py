@@ -159,9 +159,12 @@ def _collection_run(args: argparse.Namespace, dataset: Any, progress: bool) -> t
                     key = str((meta or {}).get(args.id_field, "")) if args.id_field else rid
                     if key not in dataset.corpus:
                         unknown.add(key)
-                    score = 1.0 - float(dist)  # cosine distance -> similarity
+                    # Cosine distance (qwen3-rag's collections) -> similarity; in any space
+                    # the order, all that the metrics read, is the collection's own.
+                    score = 1.0 - float(dist)
                     if score > docs.get(key, -math.inf):  # several chunks of one document
                         docs[key] = score
+                        # The reranker sees this chunk (the last best one any query found).
                         texts[key] = doc or ""
                 run[qid] = docs
     if unknown and len(unknown) == len({k for d in run.values() for k in d}):
