@@ -8,6 +8,7 @@ from __future__ import annotations
 from .data import TrainExample, TrainingDataError, load_training_data, write_training_data
 from .loss import DEFAULT_MARGIN, DEFAULT_TEMPERATURE, contrastive_loss, reranker_loss
 from .merge import MergeError, slerp_merge
+from .mine import load_corpus, mine_hard_negatives
 
 __all__ = [
     "DEFAULT_MARGIN",
@@ -16,7 +17,9 @@ __all__ = [
     "TrainExample",
     "TrainingDataError",
     "contrastive_loss",
+    "load_corpus",
     "load_training_data",
+    "mine_hard_negatives",
     "reranker_loss",
     "slerp_merge",
     "write_training_data",

@@ -136,7 +136,17 @@ def read_beir_corpus(path: str | os.PathLike[str]) -> dict[str, str]:
 
 # -- internals -----------------------------------------------------------------------------
 def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line number, object)`` of each non-blank line."""
+    """``(line number, object)`` of each non-blank line; any other JSON value is an error."""
+    for number, row in json_lines(path):
+        if not isinstance(row, dict):
+            raise TrainingDataError(
+                f"{path}:{number}: expected a JSON object, got {type(row).__name__}"
+            )
+        yield number, row
+
+
+def json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, JSON value)`` of each non-blank line of a JSON-lines file."""
     try:
         handle = path.open(encoding="utf-8")
     except OSError as e:
@@ -147,14 +157,9 @@ def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 if not line.strip():
                     continue
                 try:
-                    row = json.loads(line)
+                    yield number, json.loads(line)
                 except json.JSONDecodeError as e:
                     raise TrainingDataError(f"{path}:{number}: invalid JSON: {e.msg}") from e
-                if not isinstance(row, dict):
-                    raise TrainingDataError(
-                        f"{path}:{number}: expected a JSON object, got {type(row).__name__}"
-                    )
-                yield number, row
         except UnicodeDecodeError as e:
             raise TrainingDataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
 
