@@ -450,6 +450,12 @@ def create_app(
     async def cohere_embed(request: Request, endpoint: str) -> Response:
         async def run() -> Any:
             body = await parse(request, CohereEmbedRequest)
+            for name in ("images", "inputs"):
+                if getattr(body, name) is not None:
+                    raise ApiError(422, f"{name}: only texts are served", param=name)
+            if body.texts is None:
+                raise ApiError(422, "texts: field required", param="texts")
+            texts = body.texts
             types = body.embedding_types or ["float"]
             bad = [t for t in types if t != "float"]
             if bad:
@@ -471,9 +477,11 @@ def create_app(
                     param="instruction",
                 )
             task = body.instruction if body.instruction is not None else emb.instruction
+            if body.max_tokens is not None:
+                texts = _cut_texts(emb, texts, _positive(body.max_tokens, "max_tokens"))
             vectors, tokens = await embed(
                 request,
-                body.texts,
+                texts,
                 task=task if as_query else None,
                 dimensions=body.output_dimension,
                 field="texts",
@@ -516,16 +524,11 @@ def create_app(
             body = await parse(request, CohereRerankRequest)
             rr, _ = reranker()
             documents = [d if isinstance(d, str) else d.text for d in body.documents]
-            if body.top_n is not None and body.top_n < 1:
-                raise ApiError(422, f"top_n: must be at least 1, got {body.top_n}", "top_n")
+            if body.top_n is not None:
+                _positive(body.top_n, "top_n")
             if body.max_tokens_per_doc is not None:
-                if body.max_tokens_per_doc < 1:
-                    raise ApiError(
-                        422,
-                        f"max_tokens_per_doc: must be at least 1, got {body.max_tokens_per_doc}",
-                        "max_tokens_per_doc",
-                    )
-                documents = _cut_documents(rr, documents, body.max_tokens_per_doc)
+                limit = _positive(body.max_tokens_per_doc, "max_tokens_per_doc")
+                documents = _cut_texts(rr, documents, limit)
             scores, tokens, _ = await score(
                 request, body.query, documents, instruction=body.instruction, field="documents"
             )
@@ -752,16 +755,24 @@ def _log_odds(p: float) -> float:
     return math.log(p32) - math.log1p(-p32)
 
 
-def _cut_documents(rr: Qwen3Reranker, documents: list[str], max_tokens: int) -> list[str]:
-    """Each document cut after its first ``max_tokens`` tokens (Cohere's max_tokens_per_doc).
+def _positive(value: int, name: str) -> int:
+    if value < 1:
+        raise ApiError(422, f"{name}: must be at least 1, got {value}", param=name)
+    return value
+
+
+def _cut_texts(
+    model: Qwen3Embedder | Qwen3Reranker, texts: list[str], max_tokens: int
+) -> list[str]:
+    """Each text cut after its first ``max_tokens`` tokens (Cohere's max_tokens[_per_doc]).
 
     The cut falls at the end of the last kept token's characters, so the kept text is what
     those tokens spell.
     """
     from qwen3_rag.core.tokenization import replace_surrogates
 
-    clean = [replace_surrogates(d) for d in documents]
-    encodings = rr.tokenizer.plain.encode_batch(clean, add_special_tokens=False)
+    clean = [replace_surrogates(d) for d in texts]
+    encodings = model.tokenizer.plain.encode_batch(clean, add_special_tokens=False)
     out = []
     for doc, enc in zip(clean, encodings, strict=True):
         if len(enc.ids) > max_tokens:
