@@ -333,6 +333,7 @@ def create_app(
         task: str | None,
         dimensions: int | None,
         field: str,
+        refuse_cut: bool = False,
     ) -> tuple[np.ndarray, int]:
         """Embed ``texts`` (as queries with instruction ``task`` unless None)."""
         emb, worker = embedder()
@@ -348,6 +349,13 @@ def create_app(
             ids, truncated = await run_in_threadpool(emb._tokenize, texts, task or "")
         except ValueError as e:  # an instruction that leaves no room for the query
             raise ApiError(422, f"instruction: {e}", param="instruction") from e
+        if truncated and refuse_cut:
+            raise ApiError(
+                422,
+                f"{field}: {truncated} of {len(texts)} texts are longer than max_length="
+                f"{emb.max_length} tokens; send truncate='END' to cut them",
+                param=field,
+            )
         emb._warn_truncated(truncated, len(texts))
         tokens = check_tokens(ids, field)
         vectors = await run_job(
@@ -485,6 +493,7 @@ def create_app(
                 task=task if as_query else None,
                 dimensions=body.output_dimension,
                 field="texts",
+                refuse_cut=body.truncate == "NONE",
             )
             embeddings = [v.tolist() for v in vectors]
             meta = {
@@ -713,9 +722,8 @@ def create_app(
 
 # -- helpers -------------------------------------------------------------------------------------
 def _kind(value: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string"}.get(
-        type(value), type(value).__name__
-    )
+    names: dict[type, str] = {dict: "an object", list: "an array", str: "a string"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _openai_texts(value: str | list[Any]) -> list[str]:
