@@ -558,6 +558,8 @@ def test_search_page_in_headless_chromium(server, tmp_path):
             shot = tmp_path / "search-page.png"
             page.screenshot(path=str(shot), full_page=True)
             print(f"screenshot: {shot}")
+            if os.environ.get("QWEN3_RAG_SCREENSHOT"):  # how docs/search-page.png is made
+                page.screenshot(path=os.environ["QWEN3_RAG_SCREENSHOT"], full_page=True)
             assert shot.stat().st_size > 10_000
         finally:
             browser.close()
