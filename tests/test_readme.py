@@ -98,7 +98,9 @@ def _classify(command: str) -> str:
 def _localize(text: str, tiny: dict[str, str]) -> str:
     """Swap hub ids, /models/ folders and default-model constructors for the tiny checkpoints."""
     # The tiny embedding model has 64 dimensions: larger MRL sizes become the smallest one.
-    text = re.sub(r"(--dimensions[ =]|dimensions=)\d{3,}", rf"\g<1>{TINY_DIMENSIONS}", text)
+    text = re.sub(
+        r"(--dimensions[ =]|dimensions=|output_dimension=)\d{3,}", rf"\g<1>{TINY_DIMENSIONS}", text
+    )
     text = re.sub(r"(?:Qwen/|/models/)Qwen3-Embedding-[\w.]+", tiny["emb"], text)
     text = re.sub(r"(?:Qwen/|/models/)Qwen3-Reranker-[\w.]+", tiny["rr"], text)
     # A constructor without a model loads the default hub model.

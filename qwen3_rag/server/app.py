@@ -334,6 +334,7 @@ def create_app(
         dimensions: int | None,
         field: str,
         refuse_cut: bool = False,
+        dimensions_field: str = "dimensions",
     ) -> tuple[np.ndarray, int]:
         """Embed ``texts`` (as queries with instruction ``task`` unless None)."""
         emb, worker = embedder()
@@ -341,9 +342,9 @@ def create_app(
         if dimensions is not None and not MIN_DIMENSIONS <= dimensions <= emb.output_dimensions:
             raise ApiError(
                 422,
-                f"dimensions={dimensions} is out of range: this model gives "
+                f"{dimensions_field}={dimensions} is out of range: this model gives "
                 f"{MIN_DIMENSIONS} to {emb.output_dimensions}",
-                param="dimensions",
+                param=dimensions_field,
             )
         try:
             ids, truncated = await run_in_threadpool(emb._tokenize, texts, task or "")
@@ -494,6 +495,7 @@ def create_app(
                 dimensions=body.output_dimension,
                 field="texts",
                 refuse_cut=body.truncate == "NONE",
+                dimensions_field="output_dimension",
             )
             embeddings = [v.tolist() for v in vectors]
             meta = {
