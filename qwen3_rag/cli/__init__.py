@@ -33,6 +33,7 @@ from qwen3_rag.core import Qwen3RagError
 #: ``qwen3-rag index`` never pays for the server's imports.
 COMMAND_MODULES = (
     "qwen3_rag.cli.index",
+    "qwen3_rag.cli.serve",
     "qwen3_rag.cli.eval",
     "qwen3_rag.cli.mine",
     "qwen3_rag.cli.merge",
