@@ -478,7 +478,7 @@ def test_a_rerun_makes_no_llm_call_and_an_interrupted_run_resumes(tmp_path, mini
         f.write('{"key": "abc", "rep')
     rest = ScriptedLLM()
     synthesize(PASSAGES, rest, minilm, tmp_path / "b", options=options, personas=POOL)
-    assert 0 < rest.calls and stopping.calls + rest.calls == first.calls
+    assert rest.calls > 0 and stopping.calls + rest.calls == first.calls
     assert len(ReplyCache(tmp_path / "b" / "llm-cache.jsonl")) == first.calls
     a = json.loads((tmp_path / "a" / "summary.json").read_text(encoding="utf-8"))
     b = json.loads((tmp_path / "b" / "summary.json").read_text(encoding="utf-8"))
@@ -835,9 +835,9 @@ def test_openai_compatible_endpoint_through_the_cli(
 @pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_openai_backend_python_api_and_unreachable_server(replay_server, minilm, tmp_path):
-    url, log = replay_server
+    url, _log = replay_server
     llm = OpenAIChatLLM(url, "Qwen/Qwen3-32B", api_key="sk-synth-test", max_retries=2)
-    queries, summary = generate(OPENAI_PASSAGES[:1], llm, minilm, personas=FIVE_PERSONAS)
+    queries, _summary = generate(OPENAI_PASSAGES[:1], llm, minilm, personas=FIVE_PERSONAS)
     assert [q.query for q in queries] == [
         "does mulching my vegetable beds in spring keep the soil moist"
     ]

@@ -308,8 +308,8 @@ def register(sub: Any) -> None:
     llm.add_argument(
         "--max-new-tokens",
         type=_positive,
-        default=512,
-        help="longest reply in tokens (default: 512)",
+        default=256,
+        help="longest reply in tokens (default: 256)",
     )
     llm.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0)")
     llm.add_argument(

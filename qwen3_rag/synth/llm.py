@@ -203,9 +203,10 @@ class LocalCausalLM:
             raise LLMError(f"the model folder {str(path)!r} has no chat template")
         self.tokenizer = load_tokenizer(path)
         try:
-            self.model = AutoModelForCausalLM.from_pretrained(
+            model_: Any = AutoModelForCausalLM.from_pretrained(
                 path, **from_pretrained_kwargs(dtype, "sdpa")
-            ).to(self.device)
+            )
+            self.model = model_.to(self.device)
         except (OSError, ValueError) as e:
             raise LLMError(f"cannot load the causal LM in {str(path)!r}: {e}") from e
         self.model.eval()
