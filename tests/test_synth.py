@@ -608,7 +608,12 @@ def test_pipeline_with_the_tiny_local_lm_counts_everything_invalid(
 
     embedder = Qwen3Embedder(embed_eos_path, device="cpu")
     summary = synthesize(
-        PASSAGES[:3], tiny_lm, embedder, tmp_path, options=SynthOptions(min_cosine=0.7)
+        PASSAGES[:3],
+        tiny_lm,
+        embedder,
+        tmp_path,
+        options=SynthOptions(min_cosine=0.7),
+        personas=POOL,
     )
     assert summary.requested == 3 and summary.invalid == 3 and summary.kept == 0
     assert sum(summary.invalid_reasons.values()) == 3
@@ -618,6 +623,12 @@ def test_pipeline_with_the_tiny_local_lm_counts_everything_invalid(
 
 
 # -- the command line ---------------------------------------------------------------------------
+def _pool_file(tmp_path: Path) -> str:
+    path = tmp_path / "pool.txt"
+    path.write_text("\n".join(POOL) + "\n", encoding="utf-8")
+    return str(path)
+
+
 def _corpus_file(tmp_path: Path, passages=PASSAGES) -> Path:
     path = tmp_path / "passages.jsonl"
     path.write_text(
@@ -643,6 +654,8 @@ def test_cli_with_the_tiny_local_lm(tmp_path, reranker_path, embed_eos_path, cap
         "2",
         "--languages",
         "en,zh",
+        "--personas",
+        _pool_file(tmp_path),
         "--json",
         "-q",
     ]
@@ -675,6 +688,8 @@ def test_cli_reads_a_folder_and_a_chroma_collection(
         "4",
         "--embedding-model",
         embed_eos_path,
+        "--personas",
+        _pool_file(tmp_path),
         "--json",
         "-q",
     ]
