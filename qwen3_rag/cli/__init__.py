@@ -35,6 +35,7 @@ COMMAND_MODULES = (
     "qwen3_rag.cli.index",
     "qwen3_rag.cli.serve",
     "qwen3_rag.cli.eval",
+    "qwen3_rag.cli.synth",
     "qwen3_rag.cli.mine",
     "qwen3_rag.cli.merge",
 )
