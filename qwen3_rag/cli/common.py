@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import typing
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,15 +75,20 @@ def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type[RuntimeConfig]) -> None:
+def add_config_flags(
+    parser: argparse.ArgumentParser,
+    cls: type[RuntimeConfig],
+    only: Collection[str] | None = None,
+) -> None:
     """Add one flag per ``cli`` field of ``cls``: name, help and default come from the field.
 
     Every flag defaults to None ("not given"), so a stored collection's settings can fill in
-    what the user did not type; ``--help`` shows the config's default.
+    what the user did not type; ``--help`` shows the config's default. ``only`` restricts the
+    flags to the fields it names (the options that apply to a command).
     """
     hints = typing.get_type_hints(cls)
     for f in config_fields(cls):
-        if not f.metadata["cli"]:
+        if not f.metadata["cli"] or (only is not None and f.name not in only):
             continue
         kind = next(
             (t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name]
