@@ -121,7 +121,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         TrainingOptions(**options)
     except (TypeError, ValueError) as e:
         raise CliError(f"bad option: {e}") from e
-    runtime = given_options(args, RuntimeConfig)
+    runtime = {k: v for k, v in given_options(args, RuntimeConfig).items() if k in _RUNTIME_FLAGS}
     if options.get("lora_rank", TrainingOptions.lora_rank) > 0:
         require("peft")
     data = Path(args.data)

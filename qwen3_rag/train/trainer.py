@@ -440,7 +440,7 @@ class _RerankerTask(_Task):
                 hidden, head, [labels[i] == 1 for i in chunk], yes_id=self.yes_id, no_id=self.no_id
             )
             (loss * len(chunk) / len(rows)).backward()
-            total += float(loss) * len(chunk) / len(rows)
+            total += float(loss.detach()) * len(chunk) / len(rows)
         return total, sum(len(r) for r in rows)
 
 
