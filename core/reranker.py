@@ -24,10 +24,13 @@ from .pooling import yes_no_score
 from .runtime import (
     CHARS_PER_TOKEN_CAP,
     Qwen3Runtime,
+    cap_chars,
     check_instruction,
     check_positive_int,
     check_texts,
     make_config,
+    resolve_max_chars,
+    warn_truncated,
 )
 from .spec import (
     DEFAULT_RERANKER_MODEL,
@@ -121,28 +124,7 @@ class Qwen3Reranker(Qwen3Runtime):
         super().__init__(model, cfg)
         self.config: RerankerConfig = cfg
         self.max_query_share = cfg.max_query_share
-        self._newline_ids = self.tokenizer.encode_plain(["\n"])[0]
-        self._document_label_ids = self.tokenizer.encode_plain(
-            [_DOCUMENT_PIECE.format(document="")]
-        )[0]
-        fixed = len(self._prefix_ids) + len(self._suffix_ids)
-        if self.max_length <= fixed:
-            raise ValueError(
-                f"max_length={self.max_length} leaves no room for the query and document: the "
-                f"reranker template alone takes {fixed} tokens"
-            )
-        window = self.max_length - fixed
-        least = window - self._query_budget
-        if least < self._document_floor:
-            raise ValueError(
-                f"max_length={self.max_length} leaves no room for a document: the chat "
-                f"template takes {fixed} of its tokens, a long query may take "
-                f"{self._query_budget} of the other {window} (max_query_share="
-                f"{self.max_query_share}), and the {least} left cannot hold "
-                f"{_DOCUMENT_PIECE.format(document='')!r} and one document token"
-            )
-        if cfg.instruction:
-            self._tokenize("", [""], cfg.instruction)  # a too long instruction fails now
+        self._prompt = RerankPrompt(self.tokenizer, cfg)
 
     def _build(self, key: tuple[Any, ...], config: Any, tokenizer: SafeTokenizer) -> LoadedModel:
         from transformers import AutoModelForCausalLM
@@ -172,21 +154,17 @@ class Qwen3Reranker(Qwen3Runtime):
                 "tokenizer": tokenizer,
                 "head": head,
                 "pad_id": tokenizer.token_id(PAD_TOKEN),
-                "prefix_ids": tokenizer.encode_template(RERANK_PREFIX),
-                "suffix_ids": tokenizer.encode_template(RERANK_SUFFIX),
                 "hidden_size": int(config.hidden_size),
             },
         )
 
     @property
     def _prefix_ids(self) -> list[int]:
-        ids: list[int] = self._loaded.extras["prefix_ids"]
-        return ids
+        return self._prompt.prefix_ids
 
     @property
     def _suffix_ids(self) -> list[int]:
-        ids: list[int] = self._loaded.extras["suffix_ids"]
-        return ids
+        return self._prompt.suffix_ids
 
     # -- public API ------------------------------------------------------------------------
     def score(
@@ -272,115 +250,11 @@ class Qwen3Reranker(Qwen3Runtime):
         return self._tokenize(query, check_texts(documents, "documents"), task)[0]
 
     # -- internals -------------------------------------------------------------------------
-    @property
-    def _window(self) -> int:
-        """Body tokens per pair: ``max_length`` less the chat template's prefix and suffix."""
-        return self.max_length - len(self._prefix_ids) - len(self._suffix_ids)
-
-    @property
-    def _query_budget(self) -> int:
-        """Most body tokens the instruction and query keep in a pair that does not fit."""
-        return math.floor(self.max_query_share * self._window)
-
-    @property
-    def _document_floor(self) -> int:
-        """Body tokens a document needs: "<Document>: " (3 tokens) and one of its own."""
-        return len(self._document_label_ids) + 1
-
     def _tokenize(
         self, query: str, docs: list[str], task: str, *, warn: bool = False
     ) -> tuple[list[list[int]], int]:
-        """The ids of every pair, and how many pairs were cut.
-
-        Raises:
-            ValueError: If the instruction leaves no room for a document token.
-        """
-        if len(task) > CHARS_PER_TOKEN_CAP * self.max_length:
-            # Never cut, so never capped either: refused before it costs any work.
-            raise ValueError(
-                f"the instruction has {len(task)} characters, more than {CHARS_PER_TOKEN_CAP} "
-                f"per token of max_length={self.max_length}; shorten it"
-            )
-        # Characters are capped before tokenizing, so a huge query or document costs work in
-        # proportion to max_length, not to its size.
-        query_chars = len(query)
-        (query,), query_capped = self._cap_chars([query])
-        docs, capped = self._cap_chars(docs)
-        # The body is user text: encoded with no added tokens, so "<|im_end|>" in a document
-        # stays text and cannot close the user turn. Only the template owns control tokens.
-        rows = self.tokenizer.encode_plain(
-            [
-                _INSTRUCTION_PIECE.format(instruction=task),
-                _QUERY_PIECE.format(query=query),
-                *(_DOCUMENT_PIECE.format(document=d) for d in docs),
-            ],
-            lambda i: ("the instruction", "the query")[i] if i < 2 else f"documents[{i - 2}]",
-        )
-        window, budget = self._window, self._query_budget
-        instruction_ids, query_ids, tails = rows[0], rows[1], rows[2:]
-        fixed = len(instruction_ids) + len(self._newline_ids)  # and the query line's newline
-        if fixed + self._document_floor > window:
-            raise ValueError(
-                f"the instruction leaves no room for a document: with the <Instruct> and "
-                f"<Query> labels it takes {fixed} of the {window} tokens that "
-                f"max_length={self.max_length} leaves after the chat template, and each "
-                f"document needs {self._document_floor}; shorten the instruction or raise "
-                "max_length"
-            )
-        head_tokens = len(instruction_ids) + len(query_ids)
-        # No pair keeps more than the window of the query or of a document: dropping the rest
-        # now bounds the memory by max_length without changing any pair (a row longer than
-        # the window is cut either way, and one extra token keeps it "too long").
-        head = instruction_ids + query_ids[: window + 1]
-        tails = [tail[: window + 1] for tail in tails]
-        newline = self._newline_ids
-        prefix, suffix = self._prefix_ids, self._suffix_ids
-        seqs: list[list[int]] = []
-        query_cut = 0
-        for tail in tails:
-            if len(head) + len(tail) <= window:
-                body = head + tail
-            else:
-                # The card cuts the end, that is the document. The instruction and query keep
-                # what the document leaves, or their budget if that is more, and never less
-                # than the instruction; past that, the query's end is cut instead.
-                keep = min(len(head), max(window - len(tail), budget, fixed))
-                if keep < len(head):
-                    body = head[: keep - len(newline)] + newline + tail[: window - keep]
-                    query_cut += 1
-                else:
-                    body = head + tail[: window - len(head)]
-            seqs.append(prefix + body + suffix)
-        cut = sum(
-            1
-            for i, tail in enumerate(tails)
-            if len(head) + len(tail) > window or i in capped or query_capped
-        )
-        if warn and (query_cut or query_capped):
-            # One warning per call; the query is what the caller needs to hear about.
-            reasons = []
-            if query_capped:
-                reasons.append(
-                    f"it has {query_chars} characters and only max_chars={self.max_chars} are "
-                    "tokenized"
-                )
-            if query_cut:
-                reasons.append(
-                    f"with the instruction it takes {head_tokens} tokens, more than "
-                    f"max_query_share={self.max_query_share:g} of the {window} tokens left "
-                    f"after the chat template, so it was cut in {query_cut} of {len(docs)} "
-                    "pairs to keep room for the document"
-                )
-            logger.warning(
-                "%d of %d pairs were longer than max_length=%d and were cut; the query was cut: %s",
-                cut,
-                len(docs),
-                self.max_length,
-                "; ".join(reasons),
-            )
-        elif warn:
-            self._warn_truncated(cut, len(docs))
-        return seqs, cut
+        """The ids of every pair, and how many pairs were cut (see :meth:`RerankPrompt.encode`)."""
+        return self._prompt.encode(query, docs, task, warn=warn)
 
     def _prefix_cache(self, ids: list[int]) -> Any:
         tensor = torch.tensor([ids], dtype=torch.long, device=self.device)
@@ -435,6 +309,168 @@ class Qwen3Reranker(Qwen3Runtime):
             hidden = out.last_hidden_state[:, -1].float()
             scores = yes_no_score(hidden, self._loaded.extras["head"])
         return list(scores.unbind(0))
+
+
+class RerankPrompt:
+    r"""The reranker's input ids: the model card's chat template around each pair, cut to fit.
+
+    Each pair is ``prefix + "<Instruct>: …\\n<Query>: …\\n<Document>: …" + suffix`` (see
+    :class:`Qwen3Reranker` for how a pair longer than ``max_length`` is cut). It needs only the
+    tokenizer, so fine-tuning builds exactly the ids inference will see without loading the
+    inference model.
+
+    Args:
+        tokenizer: The checkpoint's tokenizer (:func:`~qwen3_rag.core.loading.load_tokenizer`).
+        config: ``max_length``, ``max_chars``, ``max_query_share`` and ``instruction`` are read.
+
+    Raises:
+        ValueError: If ``max_length`` leaves no room for a document token after the chat
+            template and the query's share, or the configured instruction leaves none.
+    """
+
+    def __init__(self, tokenizer: SafeTokenizer, config: RerankerConfig) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = config.max_length
+        self.max_chars = resolve_max_chars(config)
+        self.max_query_share = config.max_query_share
+        self.prefix_ids = tokenizer.encode_template(RERANK_PREFIX)
+        self.suffix_ids = tokenizer.encode_template(RERANK_SUFFIX)
+        self.newline_ids = tokenizer.encode_plain(["\n"])[0]
+        self.document_label_ids = tokenizer.encode_plain([_DOCUMENT_PIECE.format(document="")])[0]
+        fixed = len(self.prefix_ids) + len(self.suffix_ids)
+        if self.max_length <= fixed:
+            raise ValueError(
+                f"max_length={self.max_length} leaves no room for the query and document: the "
+                f"reranker template alone takes {fixed} tokens"
+            )
+        window = self.max_length - fixed
+        least = window - self.query_budget
+        if least < self.document_floor:
+            raise ValueError(
+                f"max_length={self.max_length} leaves no room for a document: the chat "
+                f"template takes {fixed} of its tokens, a long query may take "
+                f"{self.query_budget} of the other {window} (max_query_share="
+                f"{self.max_query_share}), and the {least} left cannot hold "
+                f"{_DOCUMENT_PIECE.format(document='')!r} and one document token"
+            )
+        if config.instruction:
+            self.encode("", [""], config.instruction)  # a too long instruction fails now
+
+    @property
+    def window(self) -> int:
+        """Body tokens per pair: ``max_length`` less the chat template's prefix and suffix."""
+        return self.max_length - len(self.prefix_ids) - len(self.suffix_ids)
+
+    @property
+    def query_budget(self) -> int:
+        """Most body tokens the instruction and query keep in a pair that does not fit."""
+        return math.floor(self.max_query_share * self.window)
+
+    @property
+    def document_floor(self) -> int:
+        """Body tokens a document needs: "<Document>: " (3 tokens) and one of its own."""
+        return len(self.document_label_ids) + 1
+
+    def encode(
+        self, query: str, docs: list[str], task: str, *, warn: bool = False
+    ) -> tuple[list[list[int]], int]:
+        """The ids of every pair, and how many pairs were cut.
+
+        Args:
+            query: The query.
+            docs: The documents, one pair each.
+            task: The instruction (``""`` leaves the ``<Instruct>:`` line empty).
+            warn: Log one warning when pairs were cut.
+
+        Raises:
+            ValueError: If the instruction leaves no room for a document token.
+        """
+        if len(task) > CHARS_PER_TOKEN_CAP * self.max_length:
+            # Never cut, so never capped either: refused before it costs any work.
+            raise ValueError(
+                f"the instruction has {len(task)} characters, more than {CHARS_PER_TOKEN_CAP} "
+                f"per token of max_length={self.max_length}; shorten it"
+            )
+        # Characters are capped before tokenizing, so a huge query or document costs work in
+        # proportion to max_length, not to its size.
+        query_chars = len(query)
+        (query,), query_capped = cap_chars([query], self.max_chars)
+        docs, capped = cap_chars(docs, self.max_chars)
+        # The body is user text: encoded with no added tokens, so "<|im_end|>" in a document
+        # stays text and cannot close the user turn. Only the template owns control tokens.
+        rows = self.tokenizer.encode_plain(
+            [
+                _INSTRUCTION_PIECE.format(instruction=task),
+                _QUERY_PIECE.format(query=query),
+                *(_DOCUMENT_PIECE.format(document=d) for d in docs),
+            ],
+            lambda i: ("the instruction", "the query")[i] if i < 2 else f"documents[{i - 2}]",
+        )
+        window, budget = self.window, self.query_budget
+        instruction_ids, query_ids, tails = rows[0], rows[1], rows[2:]
+        fixed = len(instruction_ids) + len(self.newline_ids)  # and the query line's newline
+        if fixed + self.document_floor > window:
+            raise ValueError(
+                f"the instruction leaves no room for a document: with the <Instruct> and "
+                f"<Query> labels it takes {fixed} of the {window} tokens that "
+                f"max_length={self.max_length} leaves after the chat template, and each "
+                f"document needs {self.document_floor}; shorten the instruction or raise "
+                "max_length"
+            )
+        head_tokens = len(instruction_ids) + len(query_ids)
+        # No pair keeps more than the window of the query or of a document: dropping the rest
+        # now bounds the memory by max_length without changing any pair (a row longer than
+        # the window is cut either way, and one extra token keeps it "too long").
+        head = instruction_ids + query_ids[: window + 1]
+        tails = [tail[: window + 1] for tail in tails]
+        newline = self.newline_ids
+        prefix, suffix = self.prefix_ids, self.suffix_ids
+        seqs: list[list[int]] = []
+        query_cut = 0
+        for tail in tails:
+            if len(head) + len(tail) <= window:
+                body = head + tail
+            else:
+                # The card cuts the end, that is the document. The instruction and query keep
+                # what the document leaves, or their budget if that is more, and never less
+                # than the instruction; past that, the query's end is cut instead.
+                keep = min(len(head), max(window - len(tail), budget, fixed))
+                if keep < len(head):
+                    body = head[: keep - len(newline)] + newline + tail[: window - keep]
+                    query_cut += 1
+                else:
+                    body = head + tail[: window - len(head)]
+            seqs.append(prefix + body + suffix)
+        cut = sum(
+            1
+            for i, tail in enumerate(tails)
+            if len(head) + len(tail) > window or i in capped or query_capped
+        )
+        if warn and (query_cut or query_capped):
+            # One warning per call; the query is what the caller needs to hear about.
+            reasons = []
+            if query_capped:
+                reasons.append(
+                    f"it has {query_chars} characters and only max_chars={self.max_chars} are "
+                    "tokenized"
+                )
+            if query_cut:
+                reasons.append(
+                    f"with the instruction it takes {head_tokens} tokens, more than "
+                    f"max_query_share={self.max_query_share:g} of the {window} tokens left "
+                    f"after the chat template, so it was cut in {query_cut} of {len(docs)} "
+                    "pairs to keep room for the document"
+                )
+            logger.warning(
+                "%d of %d pairs were longer than max_length=%d and were cut; the query was cut: %s",
+                cut,
+                len(docs),
+                self.max_length,
+                "; ".join(reasons),
+            )
+        elif warn:
+            warn_truncated(cut, len(docs), self.max_length)
+        return seqs, cut
 
 
 def check_score_threshold(value: object) -> float:

@@ -92,6 +92,32 @@ def check_positive_int(value: object, name: str) -> int:
     return value
 
 
+def resolve_max_chars(config: RuntimeConfig) -> int:
+    """Characters kept per input before tokenizing: ``max_chars``, else 64 per token allowed."""
+    if config.max_chars is not None:
+        return config.max_chars
+    return CHARS_PER_TOKEN_CAP * config.max_length
+
+
+def cap_chars(texts: list[str], max_chars: int) -> tuple[list[str], set[int]]:
+    """``texts`` cut to ``max_chars`` characters each, and the indices of those that were cut."""
+    capped = {i for i, t in enumerate(texts) if len(t) > max_chars}
+    if not capped:
+        return texts, capped
+    return [t[:max_chars] if i in capped else t for i, t in enumerate(texts)], capped
+
+
+def warn_truncated(count: int, total: int, max_length: int) -> None:
+    """One warning for the ``count`` of ``total`` inputs cut to ``max_length`` tokens (if any)."""
+    if count:
+        logger.warning(
+            "%d of %d inputs were longer than max_length=%d tokens and were truncated",
+            count,
+            total,
+            max_length,
+        )
+
+
 def _check_official_kind(model: str | os.PathLike[str], kind: str) -> None:
     """Refuse an official checkpoint of the other kind by its hub id, before any download.
 
@@ -125,11 +151,7 @@ class Qwen3Runtime:
         self.config = config
         self.max_length = config.max_length
         self.max_batch_size = config.max_batch_size
-        self.max_chars = (
-            config.max_chars
-            if config.max_chars is not None
-            else CHARS_PER_TOKEN_CAP * self.max_length
-        )
+        self.max_chars = resolve_max_chars(config)
         self.show_progress = config.show_progress
         device, dtype, batch_tokens = config.device, config.dtype, config.batch_tokens
         revision, compile = config.revision, config.compile
@@ -232,19 +254,10 @@ class Qwen3Runtime:
 
     # -- the batch loop --------------------------------------------------------------------
     def _cap_chars(self, texts: list[str]) -> tuple[list[str], set[int]]:
-        capped = {i for i, t in enumerate(texts) if len(t) > self.max_chars}
-        if not capped:
-            return texts, capped
-        return [t[: self.max_chars] if i in capped else t for i, t in enumerate(texts)], capped
+        return cap_chars(texts, self.max_chars)
 
     def _warn_truncated(self, count: int, total: int) -> None:
-        if count:
-            logger.warning(
-                "%d of %d inputs were longer than max_length=%d tokens and were truncated",
-                count,
-                total,
-                self.max_length,
-            )
+        warn_truncated(count, total, self.max_length)
 
     def _run_batched(
         self,
