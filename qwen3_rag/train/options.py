@@ -6,11 +6,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .loss import DEFAULT_MARGIN, DEFAULT_TEMPERATURE
+
 #: Modules LoRA adapts by default: every linear layer of a Qwen3 decoder block.
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-#: Temperature of the contrastive loss when none is given: FlagEmbedding's default for its
-#: decoder embedders (``temperature=0.02``); the paper gives no value (public recipes: 0.01-0.05).
-DEFAULT_TEMPERATURE = 0.02
 
 
 def _option(default: Any, help: str, *, cli: bool = True, **kwargs: Any) -> Any:
@@ -46,10 +45,12 @@ class TrainingOptions:
     weight_decay: float = _option(0.0, "AdamW weight decay")
     max_grad_norm: float = _option(1.0, "gradient norm clipping; 0 turns it off")
     temperature: float = _option(
-        DEFAULT_TEMPERATURE, "contrastive-loss temperature (FlagEmbedding's default)"
+        DEFAULT_TEMPERATURE,
+        "contrastive-loss temperature (see qwen3_rag.train.loss for its source)",
     )
     margin: float = _option(
-        0.1, "false-negative mask: a negative scoring above the positive plus this is left out"
+        DEFAULT_MARGIN,
+        "false-negative mask: a negative scoring above the positive plus this is left out",
     )
     lora_rank: int = _option(16, "LoRA rank; 0 means full fine-tuning")
     lora_alpha: int = _option(32, "LoRA scaling numerator (the update is scaled alpha/rank)")

@@ -529,6 +529,11 @@ class _Run:
                 negatives,
                 negatives,
             )
+        if task.kind == "reranker" and negatives == 0:
+            raise ValueError(
+                "the reranker needs hard negatives: give every instance a 'neg' list (its "
+                'documents become the "no" pairs) and negatives >= 1'
+            )
         fingerprint = _fingerprint(task.table, task.instances)
         per_epoch = math.ceil(len(task.instances) / opts.batch_size)
         total = opts.max_steps or opts.epochs * per_epoch
