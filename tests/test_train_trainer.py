@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import random
 import textwrap
 from pathlib import Path
 
@@ -178,3 +179,31 @@ def test_options_are_checked_early():
     with pytest.raises(TypeError, match="unknown training option"):
         TrainingOptions().replace(batchsize=3)
     assert TrainingOptions(lora_targets="q_proj, v_proj").lora_targets == ("q_proj", "v_proj")
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(embed_eos_path: str):
+    pairs = _stdlib_pairs(8)
+
+    class Example:
+        def __init__(self, query: str, pos: str) -> None:
+            self.query, self.pos, self.neg, self.instruction = query, [pos], [], None
+
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        opts = TrainingOptions(lora_rank=4, max_length=64, gradient_checkpointing=checkpointing)
+        task = _EmbeddingTask(embed_eos_path, {}, opts, torch.device("cpu"))
+        task.tokenize(embed_eos_path, [Example(q, d) for q, d in pairs])
+        task.load()
+        # LoRA's B starts at zero: give it values so that A's gradients are not all zero too.
+        with torch.no_grad():
+            for name, p in task.trainable.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))
+        task.step(task.instances, random.Random(0), 0)
+        grads.append(
+            {n: p.grad for n, p in task.trainable.named_parameters() if p.grad is not None}
+        )
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == 2 * 7 * 2  # A, B; 7 x 2 layers
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -230,7 +230,7 @@ class _Task:
         self.pad_id = load_tokenizer(self.model_dir).token_id(PAD_TOKEN)
         return model
 
-    def _prepare_trainable(self, model: torch.nn.Module) -> None:
+    def _prepare_trainable(self, model: Any) -> None:
         opts = self.options
         if opts.lora_rank > 0:
             from peft import LoraConfig, get_peft_model
