@@ -27,13 +27,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from bench import PeakMemory, st_embedding_dir  # noqa: E402
-from tiny_models import OFFICIAL_0_6B, build_checkpoint  # noqa: E402
+from bench import PeakMemory, st_embedding_dir
 
-from qwen3_rag.eval import load_beir, stdlib_code_search  # noqa: E402
-from qwen3_rag.train.data import TrainExample  # noqa: E402
-from qwen3_rag.train.options import TrainingOptions  # noqa: E402
-from qwen3_rag.train.trainer import _EmbeddingTask  # noqa: E402
+from qwen3_rag.eval import load_beir, stdlib_code_search
+from qwen3_rag.train.data import TrainExample
+from qwen3_rag.train.options import TrainingOptions
+from qwen3_rag.train.trainer import _EmbeddingTask
+
+from tiny_models import OFFICIAL_0_6B, build_checkpoint
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
