@@ -36,6 +36,7 @@ COMMAND_MODULES = (
     "qwen3_rag.cli.serve",
     "qwen3_rag.cli.eval",
     "qwen3_rag.cli.synth",
+    "qwen3_rag.cli.finetune",
     "qwen3_rag.cli.mine",
     "qwen3_rag.cli.merge",
 )

@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import typing
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,18 +76,23 @@ def flag_name(name: str) -> str:
 
 
 def add_config_flags(
-    parser: argparse.ArgumentParser, cls: type[RuntimeConfig], prefix: str = ""
+    parser: argparse.ArgumentParser,
+    cls: type[RuntimeConfig],
+    only: Collection[str] | None = None,
+    *,
+    prefix: str = "",
 ) -> None:
     """Add one flag per ``cli`` field of ``cls``: name, help and default come from the field.
 
     Every flag defaults to None ("not given"), so a stored collection's settings can fill in
     what the user did not type; ``--help`` shows the config's default. A ``prefix`` such as
     ``"reranker_"`` names the flags ``--reranker-max-length`` (``given_options`` takes the same
-    prefix), for a command that configures two models.
+    prefix), for a command that configures two models. ``only`` restricts the flags to the
+    fields it names (the options that apply to a command).
     """
     hints = typing.get_type_hints(cls)
     for f in config_fields(cls):
-        if not f.metadata["cli"]:
+        if not f.metadata["cli"] or (only is not None and f.name not in only):
             continue
         name = prefix + f.name
         kind = next(
