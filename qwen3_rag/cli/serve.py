@@ -248,6 +248,6 @@ def register(sub: Any) -> None:
     add_config_flags(
         serve.add_argument_group("reranker options (override the shared ones)"),
         RerankerConfig,
-        RERANKER_PREFIX,
+        prefix=RERANKER_PREFIX,
     )
     serve.set_defaults(func=cmd_serve)
