@@ -228,6 +228,14 @@ class Qwen3Embedder(Qwen3Runtime):
         return rows[0], rows[1:]
 
     def _forward(self, ids: list[list[int]], batch: list[int]) -> list[torch.Tensor]:
+        return list(truncate_and_normalize(self._pool(ids, batch), self.dimensions).unbind(0))
+
+    def _pool(self, ids: list[list[int]], batch: list[int]) -> torch.Tensor:
+        """Float32 last-token states ``[len(batch), hidden]`` of ``ids[batch]``, not normalised.
+
+        Separate from :meth:`_forward` so that a caller serving several output sizes (the
+        server's per-request ``dimensions``) runs one forward and cuts each row its own way.
+        """
         rows = [ids[i] for i in batch]
         model = self._loaded.model
         if self._packed:
@@ -248,4 +256,4 @@ class Qwen3Embedder(Qwen3Runtime):
                 attn = None if bool(mask.all()) else mask
                 out = model(input_ids=input_ids, attention_mask=attn, use_cache=False)
                 pooled = last_token_pool(out.last_hidden_state, mask).float()
-        return list(truncate_and_normalize(pooled, self.dimensions).unbind(0))
+        return pooled

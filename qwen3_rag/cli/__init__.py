@@ -31,7 +31,7 @@ from qwen3_rag.core import Qwen3RagError
 #: The modules that add subcommands, in ``--help`` order. Each has ``register(subparsers)``
 #: and imports its heavy dependencies (FastAPI, Ray, peft...) only when its command runs, so
 #: ``qwen3-rag index`` never pays for the server's imports.
-COMMAND_MODULES = ("qwen3_rag.cli.index",)
+COMMAND_MODULES = ("qwen3_rag.cli.index", "qwen3_rag.cli.serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -75,16 +75,21 @@ def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type[RuntimeConfig]) -> None:
+def add_config_flags(
+    parser: argparse.ArgumentParser, cls: type[RuntimeConfig], prefix: str = ""
+) -> None:
     """Add one flag per ``cli`` field of ``cls``: name, help and default come from the field.
 
     Every flag defaults to None ("not given"), so a stored collection's settings can fill in
-    what the user did not type; ``--help`` shows the config's default.
+    what the user did not type; ``--help`` shows the config's default. A ``prefix`` such as
+    ``"reranker_"`` names the flags ``--reranker-max-length`` (``given_options`` takes the same
+    prefix), for a command that configures two models.
     """
     hints = typing.get_type_hints(cls)
     for f in config_fields(cls):
         if not f.metadata["cli"]:
             continue
+        name = prefix + f.name
         kind = next(
             (t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name]
         )
@@ -92,16 +97,16 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type[RuntimeConfig]) 
         text = f"{f.metadata['help']} (default: {f.default})".replace("%", "%%")
         if kind is bool:
             parser.add_argument(
-                flag_name(f.name),
-                dest=f.name,
+                flag_name(name),
+                dest=name,
                 action=argparse.BooleanOptionalAction,
                 default=None,
                 help=text,
             )
         else:
             parser.add_argument(
-                flag_name(f.name),
-                dest=f.name,
+                flag_name(name),
+                dest=name,
                 type=kind,
                 default=None,
                 metavar=f.name.upper(),
@@ -109,12 +114,14 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type[RuntimeConfig]) 
             )
 
 
-def given_options(args: argparse.Namespace, cls: type[RuntimeConfig]) -> dict[str, Any]:
+def given_options(
+    args: argparse.Namespace, cls: type[RuntimeConfig], prefix: str = ""
+) -> dict[str, Any]:
     """The ``cls`` options the user typed (flags left out are not included)."""
     return {
-        f.name: getattr(args, f.name)
+        f.name: getattr(args, prefix + f.name)
         for f in config_fields(cls)
-        if f.metadata["cli"] and getattr(args, f.name, None) is not None
+        if f.metadata["cli"] and getattr(args, prefix + f.name, None) is not None
     }
 
 

@@ -1,0 +1,236 @@
+"""``qwen3-rag serve``: the models on the OpenAI, Cohere and TEI APIs, with a search page."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from qwen3_rag.cli.common import (
+    EXIT_OK,
+    SHARED_OPTIONS,
+    CliError,
+    add_config_flags,
+    check_options,
+    given_options,
+    model_reference,
+    out,
+)
+from qwen3_rag.cli.store import DEFAULT_COLLECTION, model_hint
+from qwen3_rag.core import EmbedderConfig, RerankerConfig
+
+SERVER_INSTALL = 'pip install "qwen3-rag[server]"'
+API_KEY_VARIABLE = "QWEN3_RAG_API_KEY"
+RERANKER_PREFIX = "reranker_"
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Load the models (in the background: /health says 503 until then) and serve."""
+    try:
+        import uvicorn
+
+        from qwen3_rag.server import Models, ServerOptions, create_app
+    except ImportError as e:
+        raise CliError(f"{e.name} is not installed; the server needs: {SERVER_INSTALL}") from e
+    store = args.db is not None or args.chroma_url is not None
+    if args.embedding_model is None and args.reranker_model is None and not store:
+        raise CliError(
+            "give --embedding-model, --reranker-model or both (or --db/--chroma-url, whose "
+            "collection names its embedding model)"
+        )
+    if store and args.reranker_model is None:
+        raise CliError("the search page and /v1/search rerank: give --reranker-model too")
+    for name in ("port", "max_inputs", "max_request_tokens", "max_queue", "max_batch_requests"):
+        if getattr(args, name) < (0 if name == "port" else 1):
+            raise CliError(
+                f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}"
+            )
+    if args.max_body_mb <= 0 or args.timeout <= 0:
+        raise CliError("--max-body-mb and --timeout must be positive")
+    embed_options = given_options(args, EmbedderConfig)
+    check_options(EmbedderConfig, embed_options)
+    rerank_options = {
+        **{k: v for k, v in embed_options.items() if k in SHARED_OPTIONS},
+        **given_options(args, RerankerConfig, RERANKER_PREFIX),
+    }
+    check_options(RerankerConfig, rerank_options)
+    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_VARIABLE)
+    if api_key is not None and not api_key.strip():
+        raise CliError(f"the API key (--api-key or {API_KEY_VARIABLE}) is empty")
+    # Chroma is opened now, so a wrong folder or URL fails before any model loads.
+    collection_args = _open_store(args, embed_options) if store else None
+
+    def load() -> Any:
+        from qwen3_rag.core import Qwen3Embedder, Qwen3Reranker
+
+        embedder = reranker = collection = None
+        if collection_args is not None:
+            from qwen3_rag.cli.store import embedder_for_query
+
+            client, stored = collection_args
+            embedder = embedder_for_query(args, stored)
+            collection = client.get_collection(args.collection, embedding_function=None)
+        elif args.embedding_model is not None:
+            with model_hint("--embedding-model", "EMBED_MODEL"):
+                embedder = Qwen3Embedder(
+                    model_reference(args.embedding_model), show_progress=False, **embed_options
+                )
+        if args.reranker_model is not None:
+            with model_hint("--reranker-model", "RERANK_MODEL"):
+                reranker = Qwen3Reranker(
+                    model_reference(args.reranker_model), show_progress=False, **rerank_options
+                )
+        out(f"models loaded; serving on http://{args.host}:{args.port}")
+        return Models(
+            embedder=embedder,
+            reranker=reranker,
+            collection=collection,
+            collection_name=args.collection if collection is not None else None,
+        )
+
+    options = ServerOptions(
+        api_key=api_key,
+        max_body_bytes=int(args.max_body_mb * 2**20),
+        max_inputs=args.max_inputs,
+        max_request_tokens=args.max_request_tokens,
+        timeout=args.timeout,
+        max_queue=args.max_queue,
+        max_batch_requests=args.max_batch_requests,
+    )
+    failed: list[BaseException] = []
+    server: Any = None
+
+    def on_load_error(error: BaseException) -> None:
+        failed.append(error)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(load, options, on_load_error=on_load_error)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        # uvicorn's access log names paths and statuses, never bodies; still off unless asked.
+        access_log=args.access_log,
+        log_level="info" if args.verbose else "warning",
+        timeout_graceful_shutdown=None,  # SIGTERM: finish every request in flight
+    )
+    server = uvicorn.Server(config)
+    out(f"loading the models; http://{args.host}:{args.port}/health answers 200 when ready")
+    server.run()
+    if failed:
+        error = failed[0]
+        if isinstance(error, CliError):
+            raise error
+        raise CliError(f"loading the models failed: {error}") from error
+    if not server.started:
+        raise CliError(f"could not listen on {args.host}:{args.port} (see the error above)")
+    return EXIT_OK
+
+
+def _open_store(args: argparse.Namespace, embed_options: dict[str, Any]) -> tuple[Any, Any]:
+    """The Chroma client and the collection's stored embedder settings; checks they agree."""
+    from qwen3_rag.cli.common import require
+    from qwen3_rag.cli.store import _mismatch, open_client, storage_errors, stored_config
+
+    require("chromadb")
+    args.db = os.path.abspath(os.path.expanduser(args.db)) if args.db else None
+    hint = f"qwen3-rag index PATH --db {args.db} --rebuild" if args.db else "qwen3-rag index"
+    client = open_client(args, write=False, rebuild_hint=hint)
+    with storage_errors(None if args.db is None else Path(args.db), hint):
+        stored = stored_config(client, args.collection)
+    if stored is None:
+        raise CliError(
+            f"collection {args.collection!r} does not exist; run `qwen3-rag index PATH` first"
+        )
+    for key in ("max_length", "instruction", "dimensions"):
+        if (
+            key in embed_options
+            and stored.get(key) is not None
+            and embed_options[key] != stored[key]
+        ):
+            raise _mismatch(args.collection, key, stored[key], embed_options[key])
+    return client, stored
+
+
+def register(sub: Any) -> None:
+    """Add ``serve`` to the ``qwen3-rag`` subcommands."""
+    serve = sub.add_parser(
+        "serve",
+        help="serve the models over HTTP (OpenAI, Cohere, TEI APIs) with a search page",
+        description="Serve Qwen3-Embedding and/or Qwen3-Reranker on the OpenAI (/v1/embeddings), "
+        "Cohere (/v2/embed, /v2/rerank), Jina (/v1/rerank) and TEI (/rerank) APIs, batching "
+        "concurrent requests together. With --db or --chroma-url, /v1/search and a search page "
+        "at / query that collection.",
+    )
+    serve.add_argument("--embedding-model", default=None, help="hub id or local folder")
+    serve.add_argument("--reranker-model", default=None, help="hub id or local folder")
+    store = serve.add_mutually_exclusive_group()
+    store.add_argument("--db", default=None, help="embedded Chroma folder to search")
+    store.add_argument("--chroma-url", default=None, help="Chroma server to search")
+    serve.add_argument(
+        "--collection",
+        default=DEFAULT_COLLECTION,
+        help=f"collection name (default: {DEFAULT_COLLECTION})",
+    )
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for all)",
+    )
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serve.add_argument(
+        "--api-key",
+        default=None,
+        help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_VARIABLE}, else none)",
+    )
+    limits = serve.add_argument_group("limits")
+    limits.add_argument(
+        "--max-body-mb", type=float, default=16, help="largest request body in MiB (default: 16)"
+    )
+    limits.add_argument(
+        "--max-inputs", type=int, default=2048, help="most texts per request (default: 2048)"
+    )
+    limits.add_argument(
+        "--max-request-tokens",
+        type=int,
+        default=1_000_000,
+        help="most tokens one request may make the model read (default: 1000000)",
+    )
+    limits.add_argument(
+        "--timeout",
+        type=float,
+        default=300,
+        help="seconds a request may wait for its result, then 504 (default: 300)",
+    )
+    limits.add_argument(
+        "--max-queue",
+        type=int,
+        default=256,
+        help="requests each model holds at once; more get 503 + Retry-After (default: 256)",
+    )
+    limits.add_argument(
+        "--max-batch-requests",
+        type=int,
+        default=64,
+        help="most requests whose texts share one forward; 1 turns batching across requests "
+        "off (default: 64)",
+    )
+    serve.add_argument(
+        "--access-log", action="store_true", help="log each request's path and status"
+    )
+    serve.add_argument("-v", "--verbose", action="store_true", help="library and server logs")
+    add_config_flags(
+        serve.add_argument_group(
+            "embedding model options (the runtime ones, such as --device, apply to the "
+            "reranker too)"
+        ),
+        EmbedderConfig,
+    )
+    add_config_flags(
+        serve.add_argument_group("reranker options (override the shared ones)"),
+        RerankerConfig,
+        RERANKER_PREFIX,
+    )
+    serve.set_defaults(func=cmd_serve)
