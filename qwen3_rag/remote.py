@@ -60,6 +60,9 @@ API_KEY_ENV = "QWEN3_RAG_API_KEY"
 RETRY_STATUSES = frozenset({429, 503})
 #: The servers whose rerank instruction field is known.
 SERVERS = ("qwen3-rag", "vllm")
+#: Documents per rerank request: Cohere's API takes up to 1,000, and one request for a whole
+#: call keeps the scores those of one in-process call.
+RERANK_BATCH = 1000
 #: Text embedded once to learn the model name and width when they were not given.
 _PROBE_TEXT = "probe"
 
@@ -388,8 +391,11 @@ class RemoteReranker(_RemoteModel):
         model: The ``model`` field of requests; None sends none.
         instruction: Default instruction, sent with every request (``instruction`` field, or
             ``chat_template_kwargs`` with ``server="vllm"``); None means the library's default.
-        **options: ``timeout``, ``max_retries``, ``backoff``, ``max_backoff``, ``batch_size``
-            (documents per request), ``server``, ``headers``, as for :class:`RemoteEmbedder`.
+        batch_size: Documents per request; longer lists are split. Each request shares its
+            query's prefix among its own documents, so a split call may differ from an unsplit
+            one in the last bits of a score (as an in-process call split the same way would).
+        **options: ``timeout``, ``max_retries``, ``backoff``, ``max_backoff``, ``server``,
+            ``headers``, as for :class:`RemoteEmbedder`.
 
     Raises:
         ValueError: For a URL that is not http(s), or a bad option (the message names it).
@@ -404,13 +410,14 @@ class RemoteReranker(_RemoteModel):
         api_key: str | None = None,
         *,
         instruction: str | None = None,
+        batch_size: int = RERANK_BATCH,
         **options: Any,
     ) -> None:
         given = {} if instruction is None else {"instruction": instruction}
         #: What this client knows of the options that decide the scores.
         self.config: RerankerConfig = build_config(RerankerConfig, None, given)
         self.instruction = self.config.instruction
-        super().__init__(base_url, api_key, **options)
+        super().__init__(base_url, api_key, batch_size=batch_size, **options)
 
     def score(
         self, query: str, documents: list[str], instruction: str | None = None

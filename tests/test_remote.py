@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import pickle
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -75,20 +78,27 @@ def _wait_healthy(url: str, proc: subprocess.Popen, limit: float = 120.0) -> Non
     raise AssertionError(f"{url}/health not 200 within {limit} s")
 
 
-@pytest.fixture(scope="module")
-def server(embed_eos_path: str, reranker_path: str) -> Iterator[str]:
+def _serve(*args: str) -> tuple[str, subprocess.Popen]:
+    """``qwen3-rag serve ARGS`` on a free loopback port with the test key, once healthy."""
     port = _free_port()
-    argv = [
-        sys.executable, "-m", "qwen3_rag", "serve",
-        "--embedding-model", embed_eos_path,
-        "--reranker-model", reranker_path,
-        "--host", "127.0.0.1", "--port", str(port),
-    ]  # fmt: skip
+    argv = [sys.executable, "-m", "qwen3_rag", "serve", "--host", "127.0.0.1", "--port", str(port)]
     env = {**os.environ, "QWEN3_RAG_API_KEY": KEY}
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*argv, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, proc)
+    except BaseException:
+        _stop(proc)
+        raise
+    return url, proc
+
+
+@pytest.fixture(scope="module")
+def server(embed_eos_path: str, reranker_path: str) -> Iterator[str]:
+    url, proc = _serve("--embedding-model", embed_eos_path, "--reranker-model", reranker_path)
+    try:
         yield url
     finally:
         _stop(proc)
@@ -155,9 +165,13 @@ def test_embeddings_equal_the_core_exactly(server, local_embedder, embed_eos_pat
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_scores_and_ranking_equal_the_core_exactly(server, local_reranker):
-    remote = RemoteReranker(server, api_key=KEY, batch_size=2)
+    remote = RemoteReranker(server, api_key=KEY)
     for task in (None, "Find the passage that defines the term", ""):
         assert remote.score(QUERIES[0], DOCS, task) == local_reranker.score(QUERIES[0], DOCS, task)
+    # Split into requests of 2 documents: each request scores exactly as the core scores it.
+    split = RemoteReranker(server, api_key=KEY, batch_size=2).score(QUERIES[0], DOCS)
+    chunks = [DOCS[i : i + 2] for i in range(0, len(DOCS), 2)]
+    assert split == [s for chunk in chunks for s in local_reranker.score(QUERIES[0], chunk)]
     for kwargs in ({}, {"top_n": 2}, {"score_threshold": 0.5}, {"top_n": 1, "instruction": "x"}):
         got = remote.rerank(QUERIES[1], DOCS, **kwargs)
         assert got == local_reranker.rerank(QUERIES[1], DOCS, **kwargs), kwargs
@@ -231,14 +245,20 @@ def test_chroma_collection_with_the_remote_embedder(server, local_embedder, tmp_
     client = chromadb.PersistentClient(str(tmp_path / "db"))
     collection = open_collection(client, "docs", function)
     collection.add(ids=[str(i) for i in range(len(DOCS))], documents=DOCS)
+    assert np.array_equal(np.stack(function(DOCS)), local_embedder.embed_documents(DOCS))
     stored = collection.get(include=["embeddings"])
     order = [int(i) for i in stored["ids"]]
-    assert np.array_equal(
+    # Chroma stores cosine-space vectors re-normalised by itself: equal up to that rounding.
+    np.testing.assert_allclose(
         np.asarray(stored["embeddings"], dtype=np.float32),
         local_embedder.embed_documents([DOCS[i] for i in order]),
+        atol=1e-6,
     )
-    found = collection.query(query_texts=[DOCS[3]], n_results=2)
-    assert found["ids"][0][0] == "3"
+    # query_texts go through embed_query (with the instruction): the ranking of the core's
+    # query vector against the core's document vectors.
+    found = collection.query(query_texts=[QUERIES[0]], n_results=3)
+    sims = local_embedder.embed_documents(DOCS) @ local_embedder.embed_queries([QUERIES[0]])[0]
+    assert found["ids"][0] == [str(i) for i in np.argsort(-sims)[:3]]
     assert np.array_equal(function.embed_query([QUERIES[0]])[0], local_embedder.embed_queries(
         [QUERIES[0]])[0])  # fmt: skip
     config = function.get_config()
@@ -246,6 +266,32 @@ def test_chroma_collection_with_the_remote_embedder(server, local_embedder, tmp_
     assert config["dimensions"] == local_embedder.output_dimensions
     # Reopened with the same function: the stored config matches.
     assert open_collection(client, "docs", function).count() == len(DOCS)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_full_queue_is_waited_out(embed_eos_path, local_embedder, caplog):
+    """A server holding one request at a time answers the others 503 + Retry-After: 1."""
+    url, proc = _serve("--embedding-model", embed_eos_path, "--max-queue", "1")
+    try:
+        remote = RemoteEmbedder(url, api_key=KEY, max_retries=20)
+        texts = [[f"{d} ({i}, {j})" * 20 for j, d in enumerate(DOCS * 6)] for i in range(6)]
+        barrier = threading.Barrier(len(texts))
+
+        def call(batch: list[str]) -> np.ndarray:
+            barrier.wait()
+            return remote.embed_documents(batch)
+
+        with (
+            caplog.at_level(logging.WARNING, logger="qwen3_rag.remote"),
+            ThreadPoolExecutor(len(texts)) as pool,
+        ):
+            results = list(pool.map(call, texts))
+        for batch, got in zip(texts, results, strict=True):
+            assert np.array_equal(got, local_embedder.embed_documents(batch))
+        assert any("HTTP 503" in r.getMessage() for r in caplog.records), "no 503 was seen"
+    finally:
+        _stop(proc)
 
 
 # -- keys and unreachable servers --------------------------------------------------------------
