@@ -88,8 +88,6 @@ class RemoteTimeoutError(RemoteError, TimeoutError):
 class _RemoteModel:
     """HTTP plumbing shared by the two clients: URL, key, retries, errors, pickling."""
 
-    _kind: str = ""
-
     def __init__(
         self,
         base_url: str,
@@ -277,8 +275,6 @@ class RemoteEmbedder(_RemoteModel):
         ImportError: If httpx is not installed.
     """
 
-    _kind = "embedding"
-
     def __init__(
         self,
         base_url: str,
@@ -401,8 +397,6 @@ class RemoteReranker(_RemoteModel):
         ValueError: For a URL that is not http(s), or a bad option (the message names it).
         ImportError: If httpx is not installed.
     """
-
-    _kind = "reranker"
 
     def __init__(
         self,

@@ -275,7 +275,7 @@ def test_a_full_queue_is_waited_out(embed_eos_path, local_embedder, caplog):
     url, proc = _serve("--embedding-model", embed_eos_path, "--max-queue", "1")
     try:
         remote = RemoteEmbedder(url, api_key=KEY, max_retries=20)
-        texts = [[f"{d} ({i}, {j})" * 20 for j, d in enumerate(DOCS * 6)] for i in range(6)]
+        texts = [[f"{d} ({i}, {j})" * 4 for j, d in enumerate(DOCS * 2)] for i in range(6)]
         barrier = threading.Barrier(len(texts))
 
         def call(batch: list[str]) -> np.ndarray:
