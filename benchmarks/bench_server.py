@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -160,7 +161,9 @@ def load(clients: int, work: list[list[Any]], call: Callable[[Any], Any]) -> dic
     }
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, checkpoint: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Build the models if needed, time offline and server loads; ``checkpoint`` sees each
+    partial report (a long run killed midway keeps what it measured)."""
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -237,6 +240,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             e["max_abs_diff_vs_offline"] = float(np.abs(got - offline_vectors).max())
             e["load_average"] = round(os.getloadavg()[0], 2)
             report["embed"][mode] = e
+            checkpoint(report)
 
             rate, offline_scores = offline_rerank()
             r = load(args.rerank_clients, rerank_work, lambda req, rr=rr: rr.score(*req))
@@ -250,6 +254,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )  # fmt: skip
             r["load_average"] = round(os.getloadavg()[0], 2)
             report["rerank"][mode] = r
+            checkpoint(report)
             for client in (emb, rr):
                 client.close()
     report["load_average_after"] = round(os.getloadavg()[0], 2)
@@ -310,13 +315,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="write the report here (and .txt beside it)")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    report = run(args)
+    # SIGTERM unwinds like Ctrl-C, so the server child is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    out = Path(args.json) if args.json else None
+
+    def save(report: dict[str, Any]) -> None:
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(report, indent=2) + "\n")
+
+    report = run(args, save)
+    save(report)
     text = table(report)
     print(text)
-    if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
+    if out is not None:
         out.with_suffix(".txt").write_text(text + "\n")
     return 0
 
