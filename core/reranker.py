@@ -230,15 +230,8 @@ class Qwen3Reranker(Qwen3Runtime):
                 not a finite number in [0, 1] or None.
             TypeError: As :meth:`score`.
         """
-        if top_n is not None:
-            check_positive_int(top_n, "top_n")
-        if score_threshold is not None:
-            check_score_threshold(score_threshold)
-        scores = self.score(query, documents, instruction)
-        order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-        if score_threshold is not None:
-            order = [i for i in order if scores[i] >= score_threshold]
-        return [RerankResult(i, scores[i], documents[i]) for i in order[:top_n]]
+        check_ranking(top_n, score_threshold)
+        return ranked(self.score(query, documents, instruction), documents, top_n, score_threshold)
 
     def encode_ids(
         self, query: str, documents: list[str], instruction: str | None = None
@@ -471,6 +464,34 @@ class RerankPrompt:
         elif warn:
             warn_truncated(cut, len(docs), self.max_length)
         return seqs, cut
+
+
+def check_ranking(top_n: object, score_threshold: object) -> None:
+    """Check :meth:`Qwen3Reranker.rerank`'s ``top_n`` and ``score_threshold`` (None allowed)."""
+    if top_n is not None:
+        check_positive_int(top_n, "top_n")
+    if score_threshold is not None:
+        check_score_threshold(score_threshold)
+
+
+def ranked(
+    scores: list[float],
+    documents: list[str],
+    top_n: int | None = None,
+    score_threshold: float | None = None,
+) -> list[RerankResult]:
+    """Results best first, ties in input order; below ``score_threshold`` dropped, then ``top_n``.
+
+    ``scores[i]`` belongs to ``documents[i]``.
+
+    Example:
+        >>> [r.index for r in ranked([0.2, 0.9, 0.2], ["a", "b", "c"], top_n=2)]
+        [1, 0]
+    """
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    if score_threshold is not None:
+        order = [i for i in order if scores[i] >= score_threshold]
+    return [RerankResult(i, scores[i], documents[i]) for i in order[:top_n]]
 
 
 def check_score_threshold(value: object) -> float:

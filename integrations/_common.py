@@ -23,6 +23,7 @@ from qwen3_rag.core import (
 from qwen3_rag.core.config import build_config, fields
 from qwen3_rag.core.reranker import check_score_threshold
 from qwen3_rag.core.runtime import check_positive_int
+from qwen3_rag.remote import RemoteEmbedder, RemoteReranker
 
 try:  # pydantic comes with every supported framework (LangChain, LlamaIndex, Chroma)
     from pydantic import (
@@ -38,11 +39,17 @@ try:  # pydantic comes with every supported framework (LangChain, LlamaIndex, Ch
 except ImportError as e:  # pragma: no cover
     raise ImportError('pydantic is missing; install an extra: pip install "qwen3-rag[all]"') from e
 
-CoreObject: TypeAlias = Qwen3Embedder | Qwen3Reranker
+CoreObject: TypeAlias = Qwen3Embedder | Qwen3Reranker | RemoteEmbedder | RemoteReranker
 _CONFIG_OF: dict[type[Any], type[RuntimeConfig]] = {
     Qwen3Embedder: EmbedderConfig,
     Qwen3Reranker: RerankerConfig,
 }
+#: The client of a served model that an adapter takes in place of each core class.
+_REMOTE_OF: dict[type[Any], type[Any]] = {
+    Qwen3Embedder: RemoteEmbedder,
+    Qwen3Reranker: RemoteReranker,
+}
+_BUILT = (Qwen3Embedder, Qwen3Reranker, RemoteEmbedder, RemoteReranker)
 #: Options an adapter also passes with every call, so they work with a built core object too.
 PER_CALL_OPTIONS = ("instruction",)
 
@@ -82,16 +89,20 @@ def identity(core: CoreObject, instruction: str | None = None) -> dict[str, Any]
 
 
 def check_model(model: object, core_cls: type[Any]) -> str | CoreObject:
-    """Normalise ``model``: a hub id or folder (``str`` or path-like) or a built core object.
+    """Normalise ``model``: a hub id or folder, a built core object, or a served model's client.
+
+    The client (:class:`~qwen3_rag.RemoteEmbedder` / ``RemoteReranker``) has the core object's
+    methods, so the adapters use either alike.
 
     Raises:
-        TypeError: For any other type, or a core object of the wrong kind.
+        TypeError: For any other type, or an object of the wrong kind.
     """
-    if isinstance(model, core_cls):
+    if isinstance(model, (core_cls, _REMOTE_OF[core_cls])):
         return typing.cast(CoreObject, model)
-    if isinstance(model, (Qwen3Embedder, Qwen3Reranker)):
+    if isinstance(model, _BUILT):
         raise TypeError(
-            f"model is a {type(model).__name__}; this adapter needs a {core_cls.__name__}"
+            f"model is a {type(model).__name__}; this adapter needs a {core_cls.__name__} "
+            f"or a {_REMOTE_OF[core_cls].__name__}"
         )
     if isinstance(model, os.PathLike):
         return os.fspath(model)  # type: ignore[return-value]
@@ -239,7 +250,7 @@ class _CoreAdapter(BaseModel):
         memo = {} if memo is None else memo
         # Share the core object (and so the weights); everything else is copied as usual.
         for core in (self._core, self.__dict__.get("model")):
-            if isinstance(core, (Qwen3Embedder, Qwen3Reranker)):
+            if isinstance(core, _BUILT):
                 memo[id(core)] = core
         return super().__deepcopy__(memo)
 
@@ -276,7 +287,7 @@ def _same(a: tuple[Any, ...], b: Any) -> bool:
         return False
     # A built core object is compared by identity (it has no value equality).
     return all(
-        x is y if isinstance(x, (Qwen3Embedder, Qwen3Reranker)) else type(x) is type(y) and x == y
+        x is y if isinstance(x, _BUILT) else type(x) is type(y) and x == y
         for x, y in zip(a, b, strict=True)
     )
 
@@ -292,7 +303,10 @@ def options_model(
     config_cls = _CONFIG_OF[core_cls]
     hints = typing.get_type_hints(config_cls)
     definitions: dict[str, Any] = {
-        "model": (str | core_cls, Field(default=model_default, description=model_help))
+        "model": (
+            str | core_cls | _REMOTE_OF[core_cls],
+            Field(default=model_default, description=model_help),
+        )
     }
     for f in fields(config_cls):
         default = f.default

@@ -20,6 +20,7 @@ from typing import Any
 from qwen3_rag.core import DEFAULT_EMBEDDING_MODEL, EmbedderConfig, Qwen3Embedder
 from qwen3_rag.core.config import build_config
 from qwen3_rag.core.spec import CHROMA_FUNCTION_NAME
+from qwen3_rag.remote import RemoteEmbedder
 
 from ._common import build_embedder, identity, identity_names, missing_extra, option_names
 
@@ -60,7 +61,8 @@ class Qwen3EmbeddingFunction(EmbeddingFunction[Documents]):
     unit length, so the default space is cosine.
 
     Args:
-        model: Hub id, local folder, or a built :class:`~qwen3_rag.Qwen3Embedder`.
+        model: Hub id, local folder, a built :class:`~qwen3_rag.Qwen3Embedder`, or a
+            :class:`~qwen3_rag.RemoteEmbedder` (the model on a server).
         instruction: Task for queries; None keeps the model's default, "" sends none.
         **options: Any field of :class:`~qwen3_rag.core.EmbedderConfig` (``device``,
             ``dtype``, ``max_length``, ``dimensions``, ``revision``, ...); only the model and
@@ -69,7 +71,7 @@ class Qwen3EmbeddingFunction(EmbeddingFunction[Documents]):
 
     def __init__(
         self,
-        model: str | os.PathLike[str] | Qwen3Embedder = DEFAULT_EMBEDDING_MODEL,
+        model: str | os.PathLike[str] | Qwen3Embedder | RemoteEmbedder = DEFAULT_EMBEDDING_MODEL,
         *,
         instruction: str | None = None,
         **options: Any,

