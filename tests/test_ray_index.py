@@ -320,3 +320,17 @@ def test_ray_flags_need_the_ray_engine(capsys, tmp_path, embed_eos_path):
     code = main(["index", str(docs), "--db", str(tmp_path / "db"), "--workers", "2"])
     err = capsys.readouterr().err
     assert code == 2 and "--workers need(s) --engine ray" in err
+
+
+def test_the_python_api_reports_bad_input_as_value_errors(tmp_path, embed_eos_path):
+    from qwen3_rag.distributed import index_with_ray
+
+    docs = write_corpus(tmp_path / "docs")
+    with pytest.raises(
+        ValueError, match=r"cannot reach the Chroma server at http://127\.0\.0\.1:9"
+    ):
+        index_with_ray([str(docs)], "http://127.0.0.1:9", embedding_model=embed_eos_path)
+    with pytest.raises(ValueError, match="--chunk-overlap must be from 0"):
+        index_with_ray([str(docs)], "http://127.0.0.1:9", chunk_size=10, chunk_overlap=10)
+    with pytest.raises(TypeError, match="unknown embedding option"):
+        index_with_ray([str(docs)], "http://127.0.0.1:9", trust_remote_code=True)

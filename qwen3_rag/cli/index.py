@@ -229,16 +229,20 @@ def remove_missing_sources(
             stats.removed_sources.append(source)
 
 
+def summary(stats: IndexStats, count: int, elapsed: float) -> dict[str, Any]:
+    """An index run's counts as ``--json`` prints them."""
+    return {
+        **{k: v for k, v in vars(stats).items() if k != "sources"},
+        "sources": len(stats.sources),
+        "collection_count": count,
+        "seconds": round(elapsed, 2),
+    }
+
+
 def report(args: argparse.Namespace, stats: IndexStats, count: int, elapsed: float) -> None:
     """Print the summary line (or ``--json``) of an index run."""
     if args.json:
-        payload = {
-            **{k: v for k, v in vars(stats).items() if k != "sources"},
-            "sources": len(stats.sources),
-            "collection_count": count,
-            "seconds": round(elapsed, 2),
-        }
-        out(json.dumps(payload, ensure_ascii=False))
+        out(json.dumps(summary(stats, count, elapsed), ensure_ascii=False))
     else:
         out(
             f"indexed {stats.files} files ({stats.skipped} skipped): {stats.chunks} chunks, "

@@ -65,6 +65,13 @@ CONNECT_SECONDS = 5.0
 
 def cmd_index_ray(args: argparse.Namespace) -> int:
     """Index with Ray Data into a Chroma server (options already checked by ``cmd_index``)."""
+    stats, count, seconds = run_ray_index(args)
+    report(args, stats, count, seconds)
+    return EXIT_OK
+
+
+def run_ray_index(args: argparse.Namespace) -> tuple[IndexStats, int, float]:
+    """Run the pipeline for parsed ``index`` arguments: the counts, the collection size, seconds."""
     _check_ray_options(args)
     try:
         import ray.data  # noqa: F401 - the check that the extra is installed
@@ -88,8 +95,7 @@ def cmd_index_ray(args: argparse.Namespace) -> int:
         stats = _connected(args, files, model, options, existing)
     with storage_errors(None, hint):
         count = _collection(client, args.collection).count()
-    report(args, stats, count, time.perf_counter() - started)
-    return EXIT_OK
+    return stats, count, time.perf_counter() - started
 
 
 def _connected(
