@@ -7,7 +7,7 @@ model is a random-weight Qwen3 checkpoint of ``benchmarks/bench_index.py``'s sha
 not depend on the weights). The share of time in the model is the embedder alone on the same
 chunk texts, divided by each run's time.
 
-    python benchmarks/bench_ray_index.py                    # small shape, 300 files
+    python benchmarks/bench_ray_index.py                    # small shape, 100 files
     python benchmarks/bench_ray_index.py --shape tiny --files 100
 """
 
@@ -91,7 +91,7 @@ def timed_index(argv: list[str]) -> tuple[float, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=300)
+    parser.add_argument("--files", type=int, default=100)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="small")
     parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "ray_index.json"
@@ -122,7 +122,11 @@ def main() -> None:
 
         argv = ["index", str(docs), "--chroma-url", url, "--embedding-model", str(model)]
         argv += ["--max-length", "512", "--json", "-q"]
-        timed_index([*argv, "--collection", "warm-up"])  # imports, first Chroma writes
+        warm = work / "warm"
+        warm.mkdir()
+        corpus(warm, 3)
+        argv_warm = [str(warm), *argv[2:]]
+        timed_index(["index", *argv_warm, "--collection", "warm-up"])  # imports, first writes
         local_s, local = timed_index([*argv, "--collection", "single-process"])
         ray_s, ray = timed_index([*argv, "--collection", "by-ray", "--engine", "ray"])
         if ray["collection_count"] != local["collection_count"]:
