@@ -44,6 +44,8 @@ NOT_RUN = {
     "server on a collection (and the search page in Chromium)",
     "qwen3-rag synth ./docs --output ./synth --llm-url": "needs an OpenAI-compatible LLM server; "
     "tests/test_synth.py runs this path against a loopback server replaying recorded replies",
+    "chroma run": "starts a server that does not exit; the CLI test starts one itself (the "
+    "chroma_server fixture) for the --chroma-url lines",
 }
 # Bash lines run by the `tiny` fixture (with the dev virtualenv's Python, which has the
 # tokenizer package) rather than inside the fresh virtualenv.

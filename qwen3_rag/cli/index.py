@@ -43,6 +43,7 @@ from qwen3_rag.cli.store import (
     open_collection_with,
     storage_errors,
     stored_config,
+    stored_for_index,
 )
 from qwen3_rag.core import (
     DEFAULT_EMBEDDING_MODEL,
@@ -67,6 +68,13 @@ MAX_WRITE_BATCH = 256
 TARGET_BATCH_SECONDS = 2.0
 #: Seconds between progress lines when stderr is not a terminal.
 PROGRESS_SECONDS = 5.0
+#: The flags of ``--engine ray`` (flag -> argparse dest); refused with the local engine.
+RAY_FLAGS = {
+    "--ray-address": "ray_address",
+    "--workers": "workers",
+    "--gpus-per-worker": "gpus_per_worker",
+    "--batch-size": "batch_size",
+}
 
 
 @dataclass
@@ -123,10 +131,14 @@ class Progress:
             eta = f"done in {format_duration(elapsed)}"
         else:
             eta = f"ETA {format_duration(expected / rate)}" if rate > 0 else "ETA ?"
-        line = (
+        self.emit(
             f"index: {written:,} chunks written, {rate:,.1f} chunks/s, "
-            f"{files_read}/{self.files} files read, {eta}"
+            f"{files_read}/{self.files} files read, {eta}",
+            final,
         )
+
+    def emit(self, line: str, final: bool) -> None:
+        """Write one progress line: rewritten in place on a terminal, appended otherwise."""
         if self.tty:
             sys.stderr.write("\r" + line.ljust(self.width) + ("\n" if final else ""))
             self.width = len(line)
@@ -136,6 +148,121 @@ class Progress:
 
 
 # -- index -----------------------------------------------------------------------------------
+@dataclass
+class FilePlan:
+    """What indexing one file means against the chunks already stored for it.
+
+    Every engine computes it the same way (:func:`plan_file`), so chunk ids, duplicates and
+    stale chunks are handled identically whoever reads the file.
+    """
+
+    source: str
+    #: All chunks of the file (duplicates included), as counted in the summary.
+    chunks: int = 0
+    #: Chunks to embed and store: ids not stored yet, each id once.
+    fresh: list[Chunk] = field(default_factory=list)
+    #: Stored ids the file no longer has; removed once all of ``fresh`` is stored.
+    stale: set[str] = field(default_factory=set)
+    #: Why the file could not be read (it is skipped), or None.
+    skipped: str | None = None
+    #: Undecodable bytes replaced with U+FFFD.
+    replaced: int = 0
+    #: Chunks already stored.
+    unchanged: int = 0
+
+
+def plan_file(path: Path, stored: set[str], chunk_size: int, chunk_overlap: int) -> FilePlan:
+    """Read and chunk ``path``; split its chunks into fresh ones and stale stored ids."""
+    plan = FilePlan(str(path))
+    try:
+        chunks, plan.replaced = chunk_file(path, chunk_size, chunk_overlap)
+    except (OSError, ValueError) as e:
+        plan.skipped = str(e)
+        return plan
+    plan.chunks = len(chunks)
+    # Duplicate chunks within a file share an id; Chroma refuses duplicate ids.
+    plan.fresh = list({c.id: c for c in chunks if c.id not in stored}.values())
+    plan.stale = stored - {c.id for c in chunks}
+    plan.unchanged = plan.chunks - len(plan.fresh)
+    return plan
+
+
+def record_plan(stats: IndexStats, plan: FilePlan) -> None:
+    """Count a planned file in ``stats`` and log why it was skipped or altered."""
+    if plan.skipped is not None:
+        logger.warning("skipped %s: %s", plan.source, plan.skipped)
+        stats.skipped += 1
+        stats.skipped_files.append({"path": plan.source, "reason": plan.skipped})
+        return
+    if plan.replaced:
+        logger.warning(
+            "%s: %d undecodable bytes replaced with U+FFFD (not UTF-8)",
+            plan.source,
+            plan.replaced,
+        )
+        stats.replaced_characters[plan.source] = plan.replaced
+    stats.files += 1
+    stats.chunks += plan.chunks
+    stats.sources.add(plan.source)
+    stats.unchanged += plan.unchanged
+
+
+def remove_missing_sources(
+    paths: list[str], existing: dict[str, set[str]], stats: IndexStats, collection: Any
+) -> None:
+    """Delete the chunks of stored sources this run did not see and that should go.
+
+    Chunks of files that no longer exist (anywhere), or that are no longer supported under an
+    indexed folder, go; other folders' chunks stay.
+    """
+    roots = [_source_path(Path(p).expanduser()) for p in paths]
+    for source, ids in sorted(existing.items()):
+        if source in stats.sources:
+            continue
+        src = Path(source)
+        unsupported = src.suffix.lower() not in SUPPORTED_SUFFIXES and any(
+            src.is_relative_to(r) for r in roots
+        )
+        if _gone(source) or unsupported:
+            collection.delete(ids=sorted(ids))
+            stats.removed += len(ids)
+            stats.removed_sources.append(source)
+
+
+def summary(stats: IndexStats, count: int, elapsed: float) -> dict[str, Any]:
+    """An index run's counts as ``--json`` prints them."""
+    return {
+        **{k: v for k, v in vars(stats).items() if k != "sources"},
+        "sources": len(stats.sources),
+        "collection_count": count,
+        "seconds": round(elapsed, 2),
+    }
+
+
+def report(args: argparse.Namespace, stats: IndexStats, count: int, elapsed: float) -> None:
+    """Print the summary line (or ``--json``) of an index run."""
+    if args.json:
+        out(json.dumps(summary(stats, count, elapsed), ensure_ascii=False))
+    else:
+        out(
+            f"indexed {stats.files} files ({stats.skipped} skipped): {stats.chunks} chunks, "
+            f"{stats.new} new, {stats.unchanged} unchanged, {stats.removed} removed "
+            f"in {elapsed:.1f}s -> collection {args.collection!r} ({count} chunks)"
+        )
+
+
+def check_index_options(args: argparse.Namespace) -> None:
+    """Validate the chunking and model options before anything is opened."""
+    if args.chunk_size < 1:
+        raise CliError(f"--chunk-size must be at least 1, got {args.chunk_size}")
+    if not 0 <= args.chunk_overlap < args.chunk_size:
+        raise CliError(
+            f"--chunk-overlap must be from 0 to --chunk-size - 1 ({args.chunk_size - 1}), "
+            f"got {args.chunk_overlap}"
+        )
+    check_options(EmbedderConfig, given_options(args, EmbedderConfig))
+
+
 @dataclass
 class _FileState:
     """A file whose new chunks are queued: its stale chunks go once all of them are stored."""
@@ -220,14 +347,14 @@ def _move_aside(path: Path) -> Path:
 def cmd_index(args: argparse.Namespace) -> int:
     """Index files into the collection; idempotent and resumable."""
     require("chromadb", "langchain_text_splitters", "pypdf")
-    if args.chunk_size < 1:
-        raise CliError(f"--chunk-size must be at least 1, got {args.chunk_size}")
-    if not 0 <= args.chunk_overlap < args.chunk_size:
-        raise CliError(
-            f"--chunk-overlap must be from 0 to --chunk-size - 1 ({args.chunk_size - 1}), "
-            f"got {args.chunk_overlap}"
-        )
-    check_options(EmbedderConfig, given_options(args, EmbedderConfig))
+    check_index_options(args)
+    if args.engine == "ray":
+        from qwen3_rag.distributed.engine import cmd_index_ray
+
+        return cmd_index_ray(args)
+    given = [flag for flag, dest in RAY_FLAGS.items() if getattr(args, dest) is not None]
+    if given:
+        raise CliError(f"{', '.join(given)} need(s) --engine ray")
     # From here on SIGINT/SIGTERM stop the run at the next safe point (between writes).
     with deferred_stop() as stop:
         return _index(args, stop)
@@ -247,31 +374,12 @@ def _index(args: argparse.Namespace, stop: StopRequest) -> int:
         logger.warning("moved the damaged database files to %s", aside)
         client = open_client(args, write=True, rebuild_hint=hint)
     with storage_errors(db, hint):
-        stored = stored_config(client, args.collection)
-        if args.rebuild and stored is not None:
-            client.delete_collection(args.collection)
-            # The stored model is kept unless another is given; the other settings restart.
-            args.embedding_model = args.embedding_model or stored.get("model")
-            stored = None
+        stored = stored_for_index(args, client)
         embedder = embedder_for_index(args, stored)
         collection = open_collection_with(client, args.collection, embedder)
         stats = _index_files(args, files, collection, embedder, stop)
         count = collection.count()
-    elapsed = time.perf_counter() - started
-    if args.json:
-        payload = {
-            **{k: v for k, v in vars(stats).items() if k != "sources"},
-            "sources": len(stats.sources),
-            "collection_count": count,
-            "seconds": round(elapsed, 2),
-        }
-        out(json.dumps(payload, ensure_ascii=False))
-    else:
-        out(
-            f"indexed {stats.files} files ({stats.skipped} skipped): {stats.chunks} chunks, "
-            f"{stats.new} new, {stats.unchanged} unchanged, {stats.removed} removed "
-            f"in {elapsed:.1f}s -> collection {args.collection!r} ({count} chunks)"
-        )
+    report(args, stats, count, time.perf_counter() - started)
     return EXIT_OK
 
 
@@ -305,54 +413,62 @@ def _index_files(
 
     with _truncation_summary(embedder.max_length):
         _index_loop(args, files, existing, stats, writer, sizes, show, check_stop)
-    # Chunks of files that no longer exist (anywhere), or that are no longer supported
-    # under an indexed folder, go; other folders' chunks stay.
-    roots = [_source_path(Path(p).expanduser()) for p in args.paths]
-    for source, ids in sorted(existing.items()):
-        if source in stats.sources:
-            continue
-        src = Path(source)
-        unsupported = src.suffix.lower() not in SUPPORTED_SUFFIXES and any(
-            src.is_relative_to(r) for r in roots
-        )
-        if _gone(source) or unsupported:
-            collection.delete(ids=sorted(ids))
-            stats.removed += len(ids)
-            stats.removed_sources.append(source)
+    remove_missing_sources(args.paths, existing, stats, collection)
     show(final=True)
     return stats
 
 
-@contextlib.contextmanager
-def _truncation_summary(max_length: int) -> Iterator[None]:
-    """Count the embedder's per-batch truncation warnings and log one total at the end."""
-    counts = [0, 0]
+class TruncationCount:
+    """Counts the embedder's per-batch truncation warnings (and hides them) while installed."""
 
-    def count(record: logging.LogRecord) -> bool:
+    def __init__(self) -> None:
+        self.truncated = 0
+        self.total = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """A logging filter: count a truncation record and drop it; pass any other."""
         args = record.args
         if "were truncated" not in str(record.msg) or not isinstance(args, tuple):
             return True
         truncated, total = args[0], args[1]
         if not isinstance(truncated, int) or not isinstance(total, int):
             return True
-        counts[0] += truncated
-        counts[1] += total
+        self.truncated += truncated
+        self.total += total
         return False
 
-    source = logging.getLogger("qwen3_rag.core.runtime")
-    source.addFilter(count)
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[TruncationCount]:
+        """Count on the runtime's logger for the duration of the block."""
+        source = logging.getLogger("qwen3_rag.core.runtime")
+        source.addFilter(self)
+        try:
+            yield self
+        finally:
+            source.removeFilter(self)
+
+
+def warn_truncated(truncated: int, total: int, max_length: int) -> None:
+    """Log one total for the chunks cut at ``max_length`` tokens during a run."""
+    if truncated:
+        logger.warning(
+            "%d of %d chunks were longer than max_length=%d tokens and were truncated "
+            "(a smaller --chunk-size keeps all text)",
+            truncated,
+            total,
+            max_length,
+        )
+
+
+@contextlib.contextmanager
+def _truncation_summary(max_length: int) -> Iterator[None]:
+    """Count the embedder's per-batch truncation warnings and log one total at the end."""
+    counter = TruncationCount()
     try:
-        yield
+        with counter.installed():
+            yield
     finally:
-        source.removeFilter(count)
-        if counts[0]:
-            logger.warning(
-                "%d of %d chunks were longer than max_length=%d tokens and were truncated "
-                "(a smaller --chunk-size keeps all text)",
-                counts[0],
-                counts[1],
-                max_length,
-            )
+        warn_truncated(counter.truncated, counter.total, max_length)
 
 
 def _index_loop(
@@ -368,27 +484,11 @@ def _index_loop(
     for path in files:
         check_stop()
         writer.bytes_read += sizes[path]
-        try:
-            chunks, replaced = chunk_file(path, args.chunk_size, args.chunk_overlap)
-        except (OSError, ValueError) as e:
-            logger.warning("skipped %s: %s", path, e)
-            stats.skipped += 1
-            stats.skipped_files.append({"path": str(path), "reason": str(e)})
+        plan = plan_file(path, existing.get(str(path), set()), args.chunk_size, args.chunk_overlap)
+        record_plan(stats, plan)
+        if plan.skipped is not None:
             continue
-        if replaced:
-            logger.warning(
-                "%s: %d undecodable bytes replaced with U+FFFD (not UTF-8)", path, replaced
-            )
-            stats.replaced_characters[str(path)] = replaced
-        source = str(path)
-        stats.files += 1
-        stats.chunks += len(chunks)
-        stats.sources.add(source)
-        stored = existing.get(source, set())
-        # Duplicate chunks within a file share an id; Chroma refuses duplicate ids.
-        fresh = list({c.id: c for c in chunks if c.id not in stored}.values())
-        stats.unchanged += len(chunks) - len(fresh)
-        writer.add_file(source, fresh, stored - {c.id for c in chunks})
+        writer.add_file(plan.source, plan.fresh, plan.stale)
         while writer.write():
             show()
             check_stop()
@@ -522,6 +622,43 @@ def register(sub: Any) -> None:
     )
     _store_flags(index)
     add_config_flags(index.add_argument_group("embedding model options"), EmbedderConfig)
+    ray = index.add_argument_group(
+        "scale-out (Ray Data; needs a Chroma server, --chroma-url, and pip install "
+        '"qwen3-rag[ray]")'
+    )
+    ray.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process reads, embeds and writes; ray: a Ray Data pipeline with a "
+        "pool of embedding workers (default: local)",
+    )
+    ray.add_argument(
+        "--ray-address",
+        default=None,
+        help="join this Ray cluster (auto, HOST:PORT or ray://HOST:10001); default: start a "
+        "local Ray sized to this machine and stop it at the end",
+    )
+    ray.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="embedding workers, each holding one model (default: the GPUs / "
+        "--gpus-per-worker, else 1)",
+    )
+    ray.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=None,
+        help="GPUs each worker reserves; 0.5 puts two workers on a GPU (default: 1 where the "
+        "cluster has GPUs, else 0: CPU workers)",
+    )
+    ray.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="chunks per embed-and-upsert batch; a killed worker redoes at most one (default: 256)",
+    )
     index.set_defaults(func=cmd_index)
 
     query = sub.add_parser("query", help="ask a question, get reranked sources")

@@ -300,8 +300,35 @@ def _mismatch(name: str, key: str, stored: Any, given: Any) -> CliError:
     )
 
 
+def stored_for_index(args: argparse.Namespace, client: Any) -> dict[str, Any] | None:
+    """The collection's stored config for an index run; ``--rebuild`` deletes the collection.
+
+    With ``--rebuild`` the stored model is kept unless another is given (written back to
+    ``args.embedding_model``); the other settings restart, and None is returned.
+    """
+    stored = stored_config(client, args.collection)
+    if args.rebuild and stored is not None:
+        client.delete_collection(args.collection)
+        args.embedding_model = args.embedding_model or stored.get("model")
+        stored = None
+    return stored
+
+
 def embedder_for_index(args: argparse.Namespace, stored: dict[str, Any] | None) -> Qwen3Embedder:
     """The embedder an index run uses: the user's options, checked against the collection's."""
+    model, options = index_model_options(args, stored)
+    with model_hint("--embedding-model", "EMBED_MODEL"):
+        return Qwen3Embedder(model, show_progress=False, **options)
+
+
+def index_model_options(
+    args: argparse.Namespace, stored: dict[str, Any] | None
+) -> tuple[str, dict[str, Any]]:
+    """The model and options an index run embeds with (nothing is loaded).
+
+    The user's options, checked against the collection's stored ones (a mismatch is an
+    error); options the user left out take the stored values.
+    """
     options = given_options(args, EmbedderConfig)
     model = model_reference(args.embedding_model) if args.embedding_model else None
     if stored is not None:
@@ -314,8 +341,7 @@ def embedder_for_index(args: argparse.Namespace, stored: dict[str, Any] | None) 
                 raise _mismatch(args.collection, key, stored[key], options[key])
             if key in stored and key not in options and stored[key] is not None:
                 options[key] = stored[key]
-    with model_hint("--embedding-model", "EMBED_MODEL"):
-        return Qwen3Embedder(model or DEFAULT_EMBEDDING_MODEL, show_progress=False, **options)
+    return model or DEFAULT_EMBEDDING_MODEL, options
 
 
 def embedder_for_query(args: argparse.Namespace, stored: dict[str, Any]) -> Qwen3Embedder:

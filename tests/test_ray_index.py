@@ -1,0 +1,336 @@
+"""``qwen3-rag index --engine ray``: the single-process indexer's collection, on local Ray.
+
+One Ray head (``ray start --head --block``) and one ``chroma run`` server are shared by the
+module: Ray's start-up is the slow part on 2 cores. Every run joins that head with
+``--ray-address``; the README test runs the command without it (a local Ray of its own).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qwen3_rag.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+COMMON = ["--max-length", "256", "--chunk-size", "200", "--chunk-overlap", "20", "--json", "-q"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, what: str, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert proc.poll() is None, f"{what} exited with {proc.returncode}"
+            assert time.monotonic() < deadline, f"{what} did not start in {seconds} s"
+            time.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def chroma_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = _free_port()
+    path = tmp_path_factory.mktemp("chroma")
+    proc = subprocess.Popen(
+        [
+            str(BIN / "chroma"),
+            "run",
+            "--path",
+            str(path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_port(port, proc, "chroma run")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def ray_address() -> Iterator[str]:
+    """A local Ray head for the module; `--block` keeps it in the foreground, so it is ours to stop."""
+    # Token authentication, as Ray's default for new clusters, with a token of the test's own
+    # (not ~/.ray/auth_token): the head, the drivers in this process and their subprocesses.
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=uuid.uuid4().hex)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--num-gpus=0",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+        start_new_session=True,
+    )
+    try:
+        _wait_for_port(port, proc, "ray start")
+        yield f"127.0.0.1:{port}"
+    finally:
+        # `ray start --block` stops the processes it started; they share its new session.
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def write_corpus(folder: Path) -> Path:
+    """Text nobody here wrote (standard-library docstrings), a PDF, a subfolder, a stray file."""
+    from test_cli import minimal_pdf
+
+    (folder / "sub").mkdir(parents=True)
+    for name in ("shutil", "json/__init__", "argparse", "pathlib"):
+        source = Path(os.__file__).parent / f"{name}.py"
+        text = source.read_text(encoding="utf-8")
+        (folder / f"{name.replace('/', '_')}.md").write_text(text[:1500], encoding="utf-8")
+    (folder / "sub" / "planets.txt").write_text("Venus is the hottest planet.", encoding="utf-8")
+    (folder / "coffee.txt").write_text("Grind size matters. Water at 93 degrees.", encoding="utf-8")
+    (folder / "manual.pdf").write_bytes(minimal_pdf("The reset button is on the back panel."))
+    (folder / "empty.txt").write_text("   \n", encoding="utf-8")
+    (folder / "ignored.csv").write_text("a,b", encoding="utf-8")
+    return folder
+
+
+def index(capsys, *argv: str) -> dict:
+    code = main(["index", *argv, *COMMON])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(captured.out)
+
+
+def snapshot(url: str, name: str) -> dict:
+    """Everything the collection holds, by id, and its stored embedding-function config."""
+    import chromadb
+
+    port = int(url.rsplit(":", 1)[1])
+    col = chromadb.HttpClient(host="127.0.0.1", port=port).get_collection(
+        name, embedding_function=None
+    )
+    got = col.get(include=["documents", "metadatas", "embeddings"])
+    rows = {
+        i: (d, m, np.asarray(e, dtype=np.float64))
+        for i, d, m, e in zip(
+            got["ids"], got["documents"], got["metadatas"], got["embeddings"], strict=True
+        )
+    }
+    return {"rows": rows, "config": col.configuration_json["embedding_function"]}
+
+
+def assert_same(ray: dict, local: dict) -> None:
+    assert ray["config"] == local["config"]
+    assert sorted(ray["rows"]) == sorted(local["rows"])
+    for chunk_id, (doc, meta, vec) in local["rows"].items():
+        other_doc, other_meta, other_vec = ray["rows"][chunk_id]
+        assert other_doc == doc and other_meta == meta, chunk_id
+        cosine = float(vec @ other_vec / np.linalg.norm(vec) / np.linalg.norm(other_vec))
+        assert cosine >= 0.99999, (chunk_id, cosine)
+
+
+def without_time(stats: dict) -> dict:
+    return {k: v for k, v in stats.items() if k != "seconds"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ray_builds_the_single_process_collection_and_tracks_changes(
+    capsys, tmp_path, embed_eos_path, chroma_url, ray_address
+):
+    docs = write_corpus(tmp_path / "docs")
+    base = [str(docs), "--chroma-url", chroma_url, "--embedding-model", embed_eos_path]
+    ray = [*base, "--collection", "by-ray", "--engine", "ray", "--ray-address", ray_address]
+    # Small batches: several workers' batches and files cross batch boundaries.
+    ray += ["--batch-size", "4"]
+    local = [*base, "--collection", "by-local"]
+
+    first_local = index(capsys, *local)
+    first = index(capsys, *ray)
+    assert without_time(first) == without_time(first_local)
+    assert first["files"] == 8 and first["new"] == first["chunks"] > 20
+    assert_same(snapshot(chroma_url, "by-ray"), snapshot(chroma_url, "by-local"))
+
+    # A re-run changes nothing (the vectors are not even rewritten).
+    before = snapshot(chroma_url, "by-ray")
+    again = index(capsys, *ray)
+    assert again["new"] == 0 and again["removed"] == 0 and again["unchanged"] == first["chunks"]
+    after = snapshot(chroma_url, "by-ray")
+    assert after["rows"].keys() == before["rows"].keys()
+    for chunk_id, (doc, meta, vec) in before["rows"].items():
+        assert after["rows"][chunk_id][:2] == (doc, meta)
+        assert np.array_equal(after["rows"][chunk_id][2], vec)
+
+    # A changed file and a deleted one: the same result as the single-process indexer's.
+    (docs / "coffee.txt").write_text("Espresso needs a fine grind.", encoding="utf-8")
+    (docs / "sub" / "planets.txt").unlink()
+    changed_local = index(capsys, *local)
+    changed = index(capsys, *ray)
+    assert without_time(changed) == without_time(changed_local)
+    assert changed["new"] == 1 and changed["removed"] == 2
+    assert changed["removed_sources"] == [str(docs / "sub" / "planets.txt")]
+    by_ray = snapshot(chroma_url, "by-ray")
+    assert_same(by_ray, snapshot(chroma_url, "by-local"))
+    documents = [doc for doc, _, _ in by_ray["rows"].values()]
+    assert "Espresso needs a fine grind." in documents and "Grind size" not in str(documents)
+
+
+def _embed_workers() -> set[int]:
+    """Pids of the processes running the embedding actor (Ray names them after the class)."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"EmbedWriter" in cmdline:
+            pids.add(int(entry.name))
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_killed_worker_is_replaced_and_the_collection_is_complete(
+    capsys, tmp_path, embed_eos_path, chroma_url, ray_address
+):
+    import chromadb
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    lib = Path(os.__file__).parent
+    for name in ("os", "shutil", "tempfile", "subprocess", "typing", "inspect"):
+        text = (lib / f"{name}.py").read_text(encoding="utf-8")[:8000]
+        (docs / f"{name}.md").write_text(text, encoding="utf-8")
+    base = [str(docs), "--chroma-url", chroma_url, "--embedding-model", embed_eos_path]
+    reference = index(capsys, *base, "--collection", "killed-ref")
+
+    argv = [sys.executable, "-m", "qwen3_rag", "index", *base, "--collection", "killed"]
+    argv += ["--engine", "ray", "--ray-address", ray_address, "--batch-size", "2", *COMMON]
+    before = _embed_workers()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    port = int(chroma_url.rsplit(":", 1)[1])
+    client = chromadb.HttpClient(host="127.0.0.1", port=port)
+    try:
+        killed, written_at_kill = None, 0
+        deadline = time.monotonic() + 180
+        while killed is None and time.monotonic() < deadline and proc.poll() is None:
+            workers = _embed_workers() - before
+            try:
+                written = client.get_collection("killed", embedding_function=None).count()
+            except Exception:  # not created yet
+                written = 0
+            if workers and written > 0:
+                killed, written_at_kill = workers.pop(), written
+                os.kill(killed, 9)
+            time.sleep(0.05)
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert killed is not None, f"no worker seen mid-run:\n{err}"
+    assert proc.returncode == 0, err
+    stats = json.loads(out)
+    # The kill came while chunks were still to be written, and none of them is missing.
+    assert written_at_kill < stats["new"] == reference["chunks"]
+    assert stats["collection_count"] == reference["collection_count"]
+    assert_same(snapshot(chroma_url, "killed"), snapshot(chroma_url, "killed-ref"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_an_unreachable_ray_address_fails_fast_naming_it(
+    capsys, tmp_path, embed_eos_path, chroma_url
+):
+    docs = write_corpus(tmp_path / "docs")
+    address = f"127.0.0.1:{_free_port()}"
+    started = time.monotonic()
+    argv = ["index", str(docs), "--engine", "ray", "--ray-address", address]
+    code = main([*argv, "--chroma-url", chroma_url, "--embedding-model", embed_eos_path])
+    err = capsys.readouterr().err
+    assert code == 2 and f"cannot reach the Ray cluster at {address}" in err, err
+    assert "Traceback" not in err and time.monotonic() - started < 60
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--chroma-url", "http://127.0.0.1:9"],
+            "cannot reach the Chroma server at http://127.0.0.1:9",
+        ),
+        (["--db", "{tmp}/db"], "embedded Chroma is a single-process store"),
+        ([], "--chroma-url http://localhost:8000"),
+        (["--chroma-url", "http://127.0.0.1:9", "--workers", "0"], "--workers must be at least 1"),
+    ],
+)
+def test_bad_input_fails_before_ray_starts(capsys, tmp_path, embed_eos_path, extra, message):
+    docs = write_corpus(tmp_path / "docs")
+    argv = ["index", str(docs), "--engine", "ray", "--embedding-model", embed_eos_path]
+    code = main(argv + [a.format(tmp=tmp_path) for a in extra])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err, err
+    import ray
+
+    assert not ray.is_initialized()
+
+
+def test_ray_flags_need_the_ray_engine(capsys, tmp_path, embed_eos_path):
+    docs = write_corpus(tmp_path / "docs")
+    code = main(["index", str(docs), "--db", str(tmp_path / "db"), "--workers", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--workers need(s) --engine ray" in err
+
+
+def test_the_python_api_reports_bad_input_as_value_errors(tmp_path, embed_eos_path):
+    from qwen3_rag.distributed import index_with_ray
+
+    docs = write_corpus(tmp_path / "docs")
+    with pytest.raises(
+        ValueError, match=r"cannot reach the Chroma server at http://127\.0\.0\.1:9"
+    ):
+        index_with_ray([str(docs)], "http://127.0.0.1:9", embedding_model=embed_eos_path)
+    with pytest.raises(ValueError, match="--chunk-overlap must be from 0"):
+        index_with_ray([str(docs)], "http://127.0.0.1:9", chunk_size=10, chunk_overlap=10)
+    with pytest.raises(TypeError, match="unknown embedding option"):
+        index_with_ray([str(docs)], "http://127.0.0.1:9", trust_remote_code=True)
