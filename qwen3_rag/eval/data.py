@@ -18,12 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: The header line of a BEIR qrels file.
-QRELS_HEADER = ("query-id", "corpus-id", "score")
-
-
-class DataError(ValueError):
-    """Malformed evaluation data; the message names the file, line and field."""
+from qwen3_rag.datafiles import QRELS_HEADER, DataError, json_objects
 
 
 @dataclass(frozen=True)
@@ -81,30 +76,6 @@ def join_title(title: str, text: str) -> str:
 
 
 # -- BEIR ----------------------------------------------------------------------------------
-def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line number, object)`` for each non-blank line of a JSON-lines file."""
-    try:
-        handle = path.open(encoding="utf-8")
-    except OSError as e:
-        raise DataError(f"{path}: cannot read: {e.strerror}") from e
-    with handle:
-        try:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{number}: invalid JSON: {e.msg}") from e
-                if not isinstance(row, dict):
-                    raise DataError(
-                        f"{path}:{number}: expected a JSON object, got {type(row).__name__}"
-                    )
-                yield number, row
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
-
-
 def _field(row: dict[str, Any], key: str, where: str, *, required: bool = True) -> str:
     value = row.get(key)
     if value is None:
@@ -120,7 +91,7 @@ def _field(row: dict[str, Any], key: str, where: str, *, required: bool = True) 
 
 def _read_corpus(path: Path) -> dict[str, str]:
     corpus: dict[str, str] = {}
-    for number, row in _jsonl(path):
+    for number, row in json_objects(path):
         where = f"{path}:{number}"
         doc_id = _field(row, "_id", where)
         if not doc_id:
@@ -139,7 +110,7 @@ def _read_corpus(path: Path) -> dict[str, str]:
 def _read_queries(path: Path) -> tuple[dict[str, str], dict[str, int]]:
     queries: dict[str, str] = {}
     lines: dict[str, int] = {}
-    for number, row in _jsonl(path):
+    for number, row in json_objects(path):
         where = f"{path}:{number}"
         query_id = _field(row, "_id", where)
         if not query_id:
@@ -278,7 +249,7 @@ def _normalize(text: str) -> str:
 def _qa_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
-        yield from _jsonl(path)
+        yield from json_objects(path)
         return
     if suffix not in (".csv", ".tsv"):
         raise DataError(f"{path}: unknown QA file type {suffix!r}; use .csv, .tsv or .jsonl")

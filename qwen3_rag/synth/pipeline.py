@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from qwen3_rag.core.spec import DEFAULT_TASK
+from qwen3_rag.datafiles import QRELS_HEADER
 from qwen3_rag.synth.corpus import Passage
 from qwen3_rag.synth.llm import ChatLLM, LLMRequestError, ReplyCache, as_llm, cache_key
 from qwen3_rag.synth.parsing import InvalidReply, parse_configuration, parse_query
@@ -498,7 +499,7 @@ def write_dataset(
     write_atomic(
         beir / "qrels" / "test.tsv",
         [
-            "query-id\tcorpus-id\tscore\n",
+            "\t".join(QRELS_HEADER) + "\n",
             *(f"{q.query_id}\t{q.passage.id}\t1\n" for q in evaluation),
         ],
     )

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qwen3_rag.datafiles import QRELS_HEADER, DataError, json_objects
+
 #: The file of a BEIR folder that holds the training judgements.
 BEIR_TRAIN_QRELS = Path("qrels") / "train.tsv"
-_QRELS_HEADER = ("query-id", "corpus-id", "score")
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(DataError):
     """Malformed training data; the message names the file, line and field."""
 
 
@@ -75,7 +76,10 @@ def load_training_data(path: str | os.PathLike[str]) -> list[TrainExample]:
         return _load_beir(source)
     if not source.exists():
         raise TrainingDataError(f"{source}: no such file or folder")
-    examples = [_example(row, f"{source}:{number}") for number, row in _jsonl(source)]
+    examples = [
+        _example(row, f"{source}:{number}")
+        for number, row in json_objects(source, TrainingDataError)
+    ]
     if not examples:
         raise TrainingDataError(f"{source}: holds no training examples")
     return examples
@@ -114,7 +118,7 @@ def read_beir_corpus(path: str | os.PathLike[str]) -> dict[str, str]:
     source = Path(path)
     file = source / "corpus.jsonl" if source.is_dir() else source
     corpus: dict[str, str] = {}
-    for number, row in _jsonl(file):
+    for number, row in json_objects(file, TrainingDataError):
         where = f"{file}:{number}"
         doc_id = _string(row, "_id", where, allow_number=True)
         assert doc_id is not None  # required
@@ -135,35 +139,6 @@ def read_beir_corpus(path: str | os.PathLike[str]) -> dict[str, str]:
 
 
 # -- internals -----------------------------------------------------------------------------
-def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line number, object)`` of each non-blank line; any other JSON value is an error."""
-    for number, row in json_lines(path):
-        if not isinstance(row, dict):
-            raise TrainingDataError(
-                f"{path}:{number}: expected a JSON object, got {type(row).__name__}"
-            )
-        yield number, row
-
-
-def json_lines(path: Path) -> Iterator[tuple[int, Any]]:
-    """``(line number, JSON value)`` of each non-blank line of a JSON-lines file."""
-    try:
-        handle = path.open(encoding="utf-8")
-    except OSError as e:
-        raise TrainingDataError(f"{path}: cannot read: {e.strerror}") from e
-    with handle:
-        try:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield number, json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise TrainingDataError(f"{path}:{number}: invalid JSON: {e.msg}") from e
-        except UnicodeDecodeError as e:
-            raise TrainingDataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
-
-
 def _string(
     row: dict[str, Any],
     key: str,
@@ -234,7 +209,7 @@ def _load_beir(folder: Path) -> list[TrainExample]:
     corpus = read_beir_corpus(folder / "corpus.jsonl")
     queries: dict[str, str] = {}
     queries_path = folder / "queries.jsonl"
-    for number, row in _jsonl(queries_path):
+    for number, row in json_objects(queries_path, TrainingDataError):
         where = f"{queries_path}:{number}"
         query_id = _string(row, "_id", where, allow_number=True)
         text = _string(row, "text", where)
@@ -272,7 +247,7 @@ def _qrels(path: Path) -> Iterator[tuple[int, tuple[str, str, int]]]:
         if not line.strip():
             continue
         cells = [c.strip() for c in line.split("\t")]
-        if number == 1 and tuple(cells) == _QRELS_HEADER:
+        if number == 1 and tuple(cells) == QRELS_HEADER:
             continue
         if len(cells) != 3:
             raise TrainingDataError(

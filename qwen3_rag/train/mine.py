@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
-from .data import TrainExample, TrainingDataError, json_lines, read_beir_corpus
+from qwen3_rag.datafiles import json_lines
+
+from .data import TrainExample, TrainingDataError, read_beir_corpus
 from .loss import DEFAULT_MARGIN
 
 if TYPE_CHECKING:
@@ -72,7 +74,7 @@ def load_corpus(
 def _lines(path: Path) -> list[tuple[int, str]]:
     """Passages of a JSONL corpus: strings, or objects with ``text`` (and ``title``)."""
     rows: list[tuple[int, str]] = []
-    for number, value in json_lines(path):
+    for number, value in json_lines(path, TrainingDataError):
         if isinstance(value, str):
             rows.append((number, value))
             continue

@@ -1,0 +1,57 @@
+"""Reading the data files the applications share: JSON lines and BEIR's qrels layout.
+
+Evaluation, fine-tuning, mining and synthesis all read user files line by line; one reader
+gives them the same errors, each naming the file and line (``corpus.jsonl:7: invalid JSON``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+#: The header line of a BEIR qrels file (``qrels/<split>.tsv``).
+QRELS_HEADER = ("query-id", "corpus-id", "score")
+
+
+class DataError(ValueError):
+    """Malformed input data; the message names the file, line and field."""
+
+
+def json_lines(path: Path, error: type[DataError] = DataError) -> Iterator[tuple[int, Any]]:
+    """``(line number, JSON value)`` of each non-blank line of a JSON-lines file.
+
+    Args:
+        path: The file.
+        error: The :class:`DataError` subclass to raise (each application has its own).
+
+    Raises:
+        DataError: (``error``) If the file cannot be read, is not UTF-8, or a line is not JSON.
+    """
+    try:
+        handle = path.open(encoding="utf-8")
+    except OSError as e:
+        raise error(f"{path}: cannot read: {e.strerror}") from e
+    with handle:
+        try:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise error(f"{path}:{number}: invalid JSON: {e.msg}") from e
+                yield number, value
+        except UnicodeDecodeError as e:
+            raise error(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+
+
+def json_objects(
+    path: Path, error: type[DataError] = DataError
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """As :func:`json_lines`, requiring every line to be a JSON object."""
+    for number, value in json_lines(path, error):
+        if not isinstance(value, dict):
+            raise error(f"{path}:{number}: expected a JSON object, got {type(value).__name__}")
+        yield number, value
