@@ -52,7 +52,7 @@ lint: venv  ## ruff check, ruff format --check, then mypy (make typecheck)
 # editable install, so build/mypy/qwen3_rag links the installed layout; rebuilt on every run so
 # that new files count. Errors name paths under build/mypy: each is a link to the real file.
 MYPY_TREE := build/mypy/qwen3_rag
-typecheck: venv  ## mypy on qwen3_rag.core and qwen3_rag.integrations
+typecheck: venv  ## mypy on the qwen3_rag package (core and integrations included)
 	rm -rf $(MYPY_TREE) && mkdir -p $(MYPY_TREE)
 	ln -s $(CURDIR)/qwen3_rag/* $(MYPY_TREE)/
 	ln -s $(CURDIR)/core $(MYPY_TREE)/core
