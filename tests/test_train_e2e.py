@@ -21,24 +21,15 @@ import torch
 from safetensors.torch import load_file
 
 from qwen3_rag.core import Qwen3Embedder, Qwen3Reranker
-from qwen3_rag.eval import load_beir, stdlib_code_search
+from qwen3_rag.eval import DEFAULT_MODULES, load_beir, stdlib_code_search
 from qwen3_rag.train.trainer import finetune_embedder, finetune_reranker
 
 from tiny_models import build_checkpoint
 
-TRAIN_MODULES = [
-    "argparse",
-    "csv",
-    "difflib",
-    "heapq",
-    "inspect",
-    "configparser",
-    "gettext",
-    "mailbox",
-    "shutil",
-    "email.utils",
-]
 HELD_OUT = ["calendar", "fractions", "ipaddress", "ftplib"]
+#: Every other default module (about 860 pairs): many distinct pairs, so the model cannot just
+#: memorise a few of them in the steps it gets.
+TRAIN_MODULES = [m for m in DEFAULT_MODULES if m not in HELD_OUT]
 #: Wider than the suite's tiny models, still a few MB of layers (the 151k-row vocabulary aside).
 SHAPE = dict(
     hidden_size=64,
@@ -62,7 +53,7 @@ def stdlib(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("base") / "emb"
     return build_checkpoint(
-        path, "embedding", shape=SHAPE, eos_postprocessor=True, initializer_range=0.1, seed=5
+        path, "embedding", shape=SHAPE, eos_postprocessor=True, initializer_range=0.02, seed=5
     )
 
 
@@ -77,37 +68,45 @@ def _jsonl(beir: Path, out: Path, limit: int | None = None) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(420)  # about 110 s on 2 shared cores; bounded for a loaded CI machine
 def test_finetuned_embedder_is_evaluated_and_loads_everywhere(
     tmp_path: Path, stdlib: tuple[Path, Path], base: Path
 ):
     train, held = stdlib
+    # Measured (2 cores): a small learning rate with weight decay and a soft temperature, over
+    # many distinct pairs, is what makes the random model generalise to modules it never saw;
+    # 3e-3 without decay on 10 modules memorises the pairs and held-out nDCG@10 stays near 0.065.
     result = finetune_embedder(
         train,
         model=base,
         output=tmp_path / "out",
         eval_data=held,
         lora_rank=0,
-        learning_rate=3e-3,
+        learning_rate=1e-3,
+        weight_decay=0.1,
         batch_size=32,
-        max_steps=40,
-        save_steps=20,
+        max_steps=150,
+        save_steps=75,
         max_length=64,
-        temperature=0.05,
+        temperature=0.1,
         merge_last=2,
         show_progress=False,
     )
     # Held-out evaluation before training and at each checkpoint, in the result and the log.
-    assert [e["step"] for e in result.evaluations] == [0, 20, 40, 40]
-    assert result.evaluations[-1].get("merged")  # the slerp of steps 20 and 40, evaluated
-    # The tiny random model gains little on modules it never saw (0.047 -> 0.066 measured): it
-    # memorises the training pairs; every trained row still beats the untrained one.
+    assert [e["step"] for e in result.evaluations] == [0, 75, 150, 150]
+    assert result.evaluations[-1].get("merged")  # the slerp of steps 75 and 150, evaluated
+    # Chance: one relevant function among the held-out corpus, ranked uniformly at random.
+    n_docs = len(load_beir(held).corpus)
+    chance = sum(1 / np.log2(rank + 1) for rank in range(1, 11)) / n_docs
     ndcg = [e["metrics"]["ndcg@10"] for e in result.evaluations]
-    assert min(ndcg[1:]) > ndcg[0], ndcg
+    # Measured: untrained 0.050, step 75 0.085, step 150 0.115; chance 0.029 (156 functions).
+    untrained, trained = ndcg[0], ndcg[2]
+    assert trained >= 2 * untrained and trained >= 3 * chance, (ndcg, chance)
+    assert min(ndcg[1:]) > untrained, ndcg
     log = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").open()]
-    assert [r["step"] for r in log if "eval" in r] == [0, 20, 40, 40]
+    assert [r["step"] for r in log if "eval" in r] == [0, 75, 150, 150]
     steps = [r for r in log if "loss" in r]
-    assert [r["step"] for r in steps] == list(range(1, 41))
+    assert [r["step"] for r in steps] == list(range(1, 151))
     assert all(r["tokens_per_second"] > 0 for r in steps)
     # It learns the training pairs: the loss falls from about log(batch) by more than half.
     first, last = np.mean([r["loss"] for r in steps[:3]]), np.mean([r["loss"] for r in steps[-3:]])
