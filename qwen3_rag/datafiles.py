@@ -13,6 +13,8 @@ from typing import Any
 
 #: The header line of a BEIR qrels file (``qrels/<split>.tsv``).
 QRELS_HEADER = ("query-id", "corpus-id", "score")
+#: One judgement: query id, document id, score.
+QrelsRow = tuple[str, str, int]
 
 
 class DataError(ValueError):
@@ -55,3 +57,38 @@ def json_objects(
         if not isinstance(value, dict):
             raise error(f"{path}:{number}: expected a JSON object, got {type(value).__name__}")
         yield number, value
+
+
+def qrels_rows(path: Path, error: type[DataError] = DataError) -> Iterator[tuple[int, QrelsRow]]:
+    """``(line number, (query id, document id, score))`` of each judgement in a qrels file.
+
+    The header line (:data:`QRELS_HEADER`) and blank lines are skipped.
+
+    Raises:
+        DataError: (``error``) If the file cannot be read, is not UTF-8, or a line does not
+            hold three tab-separated fields with an integer score.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise error(f"{path}: cannot read: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        cells = [c.strip() for c in line.split("\t")]
+        if number == 1 and tuple(cells) == QRELS_HEADER:
+            continue
+        if len(cells) != 3:
+            raise error(
+                f"{path}:{number}: expected 3 tab-separated fields (query-id, corpus-id, "
+                f"score), got {len(cells)}"
+            )
+        try:
+            score = int(cells[2])
+        except ValueError:
+            raise error(
+                f"{path}:{number}: field 'score' must be an integer, got {cells[2]!r}"
+            ) from None
+        yield number, (cells[0], cells[1], score)

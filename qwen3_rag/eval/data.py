@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qwen3_rag.datafiles import QRELS_HEADER, DataError, json_objects
+from qwen3_rag.datafiles import QRELS_HEADER, DataError, json_objects, qrels_rows
 
 
 @dataclass(frozen=True)
@@ -129,29 +129,8 @@ def _read_qrels(
     path: Path, corpus: dict[str, str], queries: dict[str, str]
 ) -> dict[str, dict[str, int]]:
     qrels: dict[str, dict[str, int]] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read: {e.strerror}") from e
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        cells = line.rstrip("\r\n").split("\t")
-        if number == 1 and tuple(c.strip() for c in cells) == QRELS_HEADER:
-            continue
+    for number, (query_id, doc_id, relevance) in qrels_rows(path):
         where = f"{path}:{number}"
-        if len(cells) != 3:
-            raise DataError(
-                f"{where}: expected 3 tab-separated fields (query-id, corpus-id, score), "
-                f"got {len(cells)}"
-            )
-        query_id, doc_id, score = (c.strip() for c in cells)
-        try:
-            relevance = int(score)
-        except ValueError:
-            raise DataError(f"{where}: field 'score' must be an integer, got {score!r}") from None
         if query_id not in queries:
             raise DataError(f"{where}: field 'query-id' names unknown query {query_id!r}")
         if doc_id not in corpus:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qwen3_rag.datafiles import QRELS_HEADER, DataError, json_objects
+from qwen3_rag.datafiles import DataError, json_objects, qrels_rows
 
 #: The file of a BEIR folder that holds the training judgements.
 BEIR_TRAIN_QRELS = Path("qrels") / "train.tsv"
@@ -218,7 +218,7 @@ def _load_beir(folder: Path) -> list[TrainExample]:
             raise TrainingDataError(f"{where}: duplicate query id {query_id!r}")
         queries[query_id] = text
     judged: dict[str, tuple[list[str], list[str]]] = {}
-    for number, (query_id, doc_id, score) in _qrels(qrels_path):
+    for number, (query_id, doc_id, score) in qrels_rows(qrels_path, TrainingDataError):
         where = f"{qrels_path}:{number}"
         if query_id not in queries:
             raise TrainingDataError(f"{where}: field 'query-id' names unknown query {query_id!r}")
@@ -234,30 +234,3 @@ def _load_beir(folder: Path) -> list[TrainExample]:
     if not examples:
         raise TrainingDataError(f"{qrels_path}: no query has a positive judgement (score > 0)")
     return examples
-
-
-def _qrels(path: Path) -> Iterator[tuple[int, tuple[str, str, int]]]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise TrainingDataError(f"{path}: cannot read: {e.strerror}") from e
-    except UnicodeDecodeError as e:
-        raise TrainingDataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        cells = [c.strip() for c in line.split("\t")]
-        if number == 1 and tuple(cells) == QRELS_HEADER:
-            continue
-        if len(cells) != 3:
-            raise TrainingDataError(
-                f"{path}:{number}: expected 3 tab-separated fields (query-id, corpus-id, "
-                f"score), got {len(cells)}"
-            )
-        try:
-            score = int(cells[2])
-        except ValueError:
-            raise TrainingDataError(
-                f"{path}:{number}: field 'score' must be an integer, got {cells[2]!r}"
-            ) from None
-        yield number, (cells[0], cells[1], score)
