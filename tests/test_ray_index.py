@@ -174,8 +174,11 @@ def without_time(stats: dict) -> dict:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_ray_builds_the_single_process_collection_and_tracks_changes(
-    capsys, tmp_path, embed_eos_path, chroma_url, ray_address
+    capsys, monkeypatch, tmp_path, embed_eos_path, chroma_url, ray_address
 ):
+    # Two batches at a time per worker, as on a GPU worker: one's upsert beside the next's
+    # forward, and the results must not change.
+    monkeypatch.setattr("qwen3_rag.distributed.workers.CALLS_PER_CPU_WORKER", 2)
     docs = write_corpus(tmp_path / "docs")
     base = [str(docs), "--chroma-url", chroma_url, "--embedding-model", embed_eos_path]
     ray = [*base, "--collection", "by-ray", "--engine", "ray", "--ray-address", ray_address]
@@ -235,12 +238,7 @@ def test_a_killed_worker_is_replaced_and_the_collection_is_complete(
 ):
     import chromadb
 
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    lib = Path(os.__file__).parent
-    for name in ("os", "shutil", "tempfile", "subprocess", "typing", "inspect"):
-        text = (lib / f"{name}.py").read_text(encoding="utf-8")[:8000]
-        (docs / f"{name}.md").write_text(text, encoding="utf-8")
+    docs = _long_corpus(tmp_path / "docs")
     base = [str(docs), "--chroma-url", chroma_url, "--embedding-model", embed_eos_path]
     reference = index(capsys, *base, "--collection", "killed-ref")
 
@@ -255,10 +253,7 @@ def test_a_killed_worker_is_replaced_and_the_collection_is_complete(
         deadline = time.monotonic() + 180
         while killed is None and time.monotonic() < deadline and proc.poll() is None:
             workers = _embed_workers() - before
-            try:
-                written = client.get_collection("killed", embedding_function=None).count()
-            except Exception:  # not created yet
-                written = 0
+            written = _count(client, "killed")
             if workers and written > 0:
                 killed, written_at_kill = workers.pop(), written
                 os.kill(killed, 9)
@@ -275,6 +270,68 @@ def test_a_killed_worker_is_replaced_and_the_collection_is_complete(
     assert written_at_kill < stats["new"] == reference["chunks"]
     assert stats["collection_count"] == reference["collection_count"]
     assert_same(snapshot(chroma_url, "killed"), snapshot(chroma_url, "killed-ref"))
+
+
+def _long_corpus(folder: Path) -> Path:
+    folder.mkdir()
+    lib = Path(os.__file__).parent
+    for name in ("os", "shutil", "tempfile", "subprocess", "typing", "inspect"):
+        text = (lib / f"{name}.py").read_text(encoding="utf-8")[:8000]
+        (folder / f"{name}.md").write_text(text, encoding="utf-8")
+    return folder
+
+
+def _count(client, name: str) -> int:
+    try:
+        return int(client.get_collection(name, embedding_function=None).count())
+    except Exception:  # not created yet
+        return 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_driver_killed_mid_run_and_started_again_finishes_the_same_collection(
+    capsys, tmp_path, embed_eos_path, chroma_url, ray_address
+):
+    import chromadb
+
+    docs = _long_corpus(tmp_path / "docs")
+    base = [str(docs), "--chroma-url", chroma_url, "--embedding-model", embed_eos_path]
+    reference = index(capsys, *base, "--collection", "driver-ref")
+    ray = [*base, "--collection", "driver-killed", "--engine", "ray"]
+    ray += ["--ray-address", ray_address, "--batch-size", "2"]
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qwen3_rag", "index", *ray, *COMMON],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    port = int(chroma_url.rsplit(":", 1)[1])
+    client = chromadb.HttpClient(host="127.0.0.1", port=port)
+    try:
+        written_at_kill = 0
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            written_at_kill = _count(client, "driver-killed")
+            if written_at_kill > 0:
+                proc.kill()  # SIGKILL: no handler, no clean-up in the driver
+                break
+            time.sleep(0.05)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before the kill:\n{err}"
+    assert 0 < written_at_kill < reference["chunks"]
+
+    # Started again: what was stored stays, the rest is embedded, nothing is doubled.
+    again = index(capsys, *ray)
+    assert again["unchanged"] + again["new"] == again["chunks"] == reference["chunks"]
+    assert again["unchanged"] > 0 and again["removed"] == 0
+    assert again["collection_count"] == reference["collection_count"]
+    assert_same(snapshot(chroma_url, "driver-killed"), snapshot(chroma_url, "driver-ref"))
 
 
 @pytest.mark.slow
