@@ -26,6 +26,7 @@ from qwen3_rag.core import (
     Qwen3Reranker,
     format_query,
 )
+from qwen3_rag.remote import RemoteEmbedder
 
 from ._common import missing_extra, options_model
 
@@ -104,7 +105,10 @@ class Qwen3Embedding(_EmbedderOptions, BaseEmbedding):  # type: ignore[misc]
         name = data.pop("model_name", None)
         if name not in (None, ""):
             model = data.get("model")
-            running = model.model_name if isinstance(model, Qwen3Embedder) else model
+            # A built model (in-process or a server's client) names itself.
+            running = (
+                model.model_name if isinstance(model, (Qwen3Embedder, RemoteEmbedder)) else model
+            )
             if model is None:
                 data["model"] = name
             elif not (

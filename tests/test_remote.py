@@ -222,6 +222,11 @@ def test_llamaindex_adapters_take_the_clients(server, local_embedder, local_rera
     assert remote.get_query_embedding(QUERIES[0]) == local.get_query_embedding(QUERIES[0])
     assert remote.get_text_embedding_batch(DOCS) == local.get_text_embedding_batch(DOCS)
     assert remote.model_name == remote.embedder.model_name
+    # model_name beside a client names the served model: the same name is accepted.
+    named = Qwen3Embedding(model=RemoteEmbedder(server, api_key=KEY), model_name=remote.model_name)
+    assert named.model_name == remote.model_name
+    with pytest.raises(ValueError, match="name different models"):
+        Qwen3Embedding(model=RemoteEmbedder(server, api_key=KEY), model_name="another-model")
 
     nodes = [NodeWithScore(node=TextNode(text=d), score=0.1) for d in DOCS]
     query = QueryBundle(QUERIES[0])
