@@ -207,3 +207,21 @@ def test_gradient_checkpointing_gives_the_same_gradients(embed_eos_path: str):
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) == 2 * 7 * 2  # A, B; 7 x 2 layers
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_lora_setup_shows_the_user_no_dependency_future_warning(embed_eos_path: str):
+    import warnings
+
+    class Example:
+        def __init__(self, query: str, pos: str) -> None:
+            self.query, self.pos, self.neg, self.instruction = query, [pos], [], None
+
+    task = _EmbeddingTask(
+        embed_eos_path, {}, TrainingOptions(lora_rank=4, max_length=64), torch.device("cpu")
+    )
+    task.tokenize(embed_eos_path, [Example(q, d) for q, d in _stdlib_pairs(2)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        task.load()
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)], caught
+    assert any(p.requires_grad for p in task.trainable.parameters())

@@ -30,6 +30,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,7 +250,15 @@ class _Task:
                 target_modules=list(opts.lora_targets),
                 bias="none",
             )
-            self.trainable = get_peft_model(model, config)  # injects the adapters in place
+            with warnings.catch_warnings():
+                # peft reads transformers' deprecated `is_gradient_checkpointing`; the warning
+                # is about peft's code, not the user's, and says nothing they can act on.
+                warnings.filterwarnings(
+                    "ignore",
+                    message="`is_gradient_checkpointing` is deprecated",
+                    category=FutureWarning,
+                )
+                self.trainable = get_peft_model(model, config)  # injects the adapters in place
         else:
             model.requires_grad_(True)
             self.trainable = model
