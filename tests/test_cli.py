@@ -428,3 +428,33 @@ def test_second_process_on_the_same_folder_is_refused(corpus, tmp_path, models):
         )
     assert out.returncode == 2
     assert "in use by another qwen3-rag process" in out.stderr and "Traceback" not in out.stderr
+
+
+def truncation_corpus(folder: Path) -> Path:
+    """One file of long chunks (standard-library source) among many short ones."""
+    folder.mkdir()
+    (folder / "long.md").write_text(Path(os.__file__).read_text(encoding="utf-8")[:3000])
+    for i in range(30):
+        (folder / f"short{i:02d}.txt").write_text(f"Note {i}: the kettle is on.", encoding="utf-8")
+    return folder
+
+
+def test_the_truncation_warning_counts_against_every_chunk_embedded(capsys, tmp_path, models):
+    import chromadb
+
+    docs = truncation_corpus(tmp_path / "docs")
+    db = tmp_path / "db"
+    code, out, err = run_cli(
+        capsys, "index", str(docs), "--db", str(db), "--embedding-model", models["embed"],
+        "--max-length", "32", "--chunk-size", "1000", "--chunk-overlap", "0", "--json", "-q",
+    )  # fmt: skip
+    assert code == 0, err
+    stats = json.loads(out)
+    got = chromadb.PersistentClient(str(db)).get_collection("qwen3-rag").get()
+    long = [
+        d for d, m in zip(got["documents"], got["metadatas"], strict=True) if "long" in m["source"]
+    ]
+    # Hundreds of characters of source are far over 32 tokens; the notes are far under.
+    assert len(long) >= 3 and min(map(len, long)) > 300 and stats["new"] == len(long) + 30
+    line = f"{len(long)} of {stats['new']} chunks were longer than max_length=32 tokens"
+    assert line in err and err.count("were truncated") == 1, err

@@ -335,6 +335,26 @@ def test_a_driver_killed_mid_run_and_started_again_finishes_the_same_collection(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_truncation_warning_is_the_single_process_indexers(
+    capsys, tmp_path, embed_eos_path, chroma_url, ray_address
+):
+    from test_cli import truncation_corpus
+
+    docs = truncation_corpus(tmp_path / "docs")
+    argv = ["index", str(docs), "--chroma-url", chroma_url, "--embedding-model", embed_eos_path]
+    argv += ["--max-length", "32", "--chunk-size", "1000", "--chunk-overlap", "0", "-q"]
+    local = ["--collection", "cut-local"]
+    ray = ["--collection", "cut-ray", "--engine", "ray", "--ray-address", ray_address]
+    warnings = []
+    for extra in (local, [*ray, "--batch-size", "8"]):  # batches with and without long chunks
+        assert main([*argv, *extra]) == 0
+        warnings.append([line for line in capsys.readouterr().err.splitlines() if "trunc" in line])
+    assert len(warnings[0]) == 1 and " of 34 chunks were longer" in warnings[0][0]
+    assert warnings[1] == warnings[0]
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_an_unreachable_ray_address_fails_fast_naming_it(
     capsys, tmp_path, embed_eos_path, chroma_url

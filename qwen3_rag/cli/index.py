@@ -282,6 +282,8 @@ class _Writer:
         self.files: dict[str, _FileState] = {}
         self.size = FIRST_WRITE_BATCH
         self.written = 0
+        #: Chunks embedded so far (the total that truncation warnings are counted against).
+        self.embedded = 0
         #: Bytes of the files read so far (for the progress estimate).
         self.bytes_read = 0
 
@@ -299,6 +301,7 @@ class _Writer:
         batch = [self.queue.popleft() for _ in range(min(self.size, len(self.queue)))]
         started = time.perf_counter()
         vectors = self.embedder.embed_documents([c.text for c in batch])
+        self.embedded += len(batch)
         self.collection.add(
             ids=[c.id for c in batch],
             embeddings=vectors,
@@ -411,8 +414,13 @@ def _index_files(
                 f"stopped by {stop.signal_name} after writing {writer.written} chunks"
             )
 
-    with _truncation_summary(embedder.max_length):
-        _index_loop(args, files, existing, stats, writer, sizes, show, check_stop)
+    truncation = TruncationCount()
+    try:
+        with truncation.installed():
+            _index_loop(args, files, existing, stats, writer, sizes, show, check_stop)
+    finally:
+        # One total for the run, also when it stops early: of the chunks embedded so far.
+        warn_truncated(truncation.truncated, writer.embedded, embedder.max_length)
     remove_missing_sources(args.paths, existing, stats, collection)
     show(final=True)
     return stats
@@ -423,18 +431,16 @@ class TruncationCount:
 
     def __init__(self) -> None:
         self.truncated = 0
-        self.total = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
         """A logging filter: count a truncation record and drop it; pass any other."""
         args = record.args
         if "were truncated" not in str(record.msg) or not isinstance(args, tuple):
             return True
-        truncated, total = args[0], args[1]
-        if not isinstance(truncated, int) or not isinstance(total, int):
+        truncated = args[0]
+        if not isinstance(truncated, int):
             return True
         self.truncated += truncated
-        self.total += total
         return False
 
     @contextlib.contextmanager
@@ -458,17 +464,6 @@ def warn_truncated(truncated: int, total: int, max_length: int) -> None:
             total,
             max_length,
         )
-
-
-@contextlib.contextmanager
-def _truncation_summary(max_length: int) -> Iterator[None]:
-    """Count the embedder's per-batch truncation warnings and log one total at the end."""
-    counter = TruncationCount()
-    try:
-        with counter.installed():
-            yield
-    finally:
-        warn_truncated(counter.truncated, counter.total, max_length)
 
 
 def _index_loop(

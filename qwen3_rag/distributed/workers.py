@@ -174,9 +174,9 @@ class EmbedWriter:
             texts = [str(t) for t in batch["text"][is_chunk]]
             metadatas = [json.loads(str(m)) for m in batch["metadata"][is_chunk]]
             with self.forward:
-                truncated, total = self.truncation.truncated, self.truncation.total
+                truncated = self.truncation.truncated
                 vectors = self.embedder.embed_documents(texts)
-                counts[0] = (self.truncation.truncated - truncated, self.truncation.total - total)
+                counts[0] = (self.truncation.truncated - truncated, len(ids))
             self.counter.add.remote(embedded=len(ids))
             # Upsert, not add: a batch retried after a killed worker may be stored already.
             # The rows go back only once stored: the driver removes stale chunks on them.
