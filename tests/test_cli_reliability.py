@@ -550,3 +550,38 @@ def test_full_disk_is_one_line_and_the_next_run_recovers(tmp_path, model):
     subprocess.run([a if a != str(db) else str(clean) for a in argv], check=True, timeout=300,
                    capture_output=True)  # fmt: skip
     assert_same_collection(collection_state(db), collection_state(clean))
+
+
+def _subcommands(parser) -> dict[str, object]:
+    """Every leaf command's parser by its full name ("finetune embedder", "index", ...)."""
+    found = {}
+    for action in parser._actions:
+        choices = getattr(action, "choices", None)
+        for name, sub in (choices if isinstance(choices, dict) else {}).items():
+            if isinstance(sub, type(parser)):
+                leaves = _subcommands(sub)
+                found.update({f"{name} {k}": v for k, v in leaves.items()} or {name: sub})
+    return found
+
+
+def test_every_command_with_progress_takes_the_same_quiet_and_verbose_flags():
+    commands = _subcommands(cli.build_parser())
+    progress = {"serve"}  # a server: logs, no progress to silence
+    checked = sorted(set(commands) - progress)
+    assert {"index", "eval", "synth", "mine", "merge", "finetune embedder"} <= set(checked)
+    for name in checked:
+        flags = {s: a for a in commands[name]._actions for s in a.option_strings}
+        assert flags["-q"] is flags["--quiet"] and flags["-v"] is flags["--verbose"], name
+
+
+def test_finetune_quiet_shows_no_progress_bar(capsys, tmp_path, embed_eos_path):
+    data = tmp_path / "train.jsonl"
+    rows = [{"query": f"what does step {i} do", "pos": [f"step {i} adds {i}"]} for i in range(4)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    common = ["finetune", "embedder", str(data), "--model", embed_eos_path, "--max-steps", "1"]
+    common += ["--batch-size", "2", "--lora-rank", "0"]
+    for quiet in (False, True):
+        flags = ["-q"] if quiet else []
+        assert main([*common, "--output", str(tmp_path / f"out-{quiet}"), *flags]) == 0
+        err = capsys.readouterr().err
+        assert ("finetune embedding" in err) is not quiet, err

@@ -70,6 +70,16 @@ SHARED_OPTIONS = tuple(
 )
 
 
+#: ``-v``'s help where a command loads models: what it lets through.
+VERBOSE_HELP = "show library logs and progress bars (weight loading, PDF warnings)"
+
+
+def add_output_flags(parser: Any, verbose_help: str = VERBOSE_HELP) -> None:
+    """``-q/--quiet`` and ``-v/--verbose``: the same two flags on every command with progress."""
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    parser.add_argument("-v", "--verbose", action="store_true", help=verbose_help)
+
+
 def flag_name(name: str) -> str:
     """The flag for a config field: ``max_length`` -> ``--max-length``."""
     return "--" + name.replace("_", "-")

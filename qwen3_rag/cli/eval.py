@@ -16,6 +16,7 @@ from qwen3_rag.cli.common import (
     EXIT_OK,
     CliError,
     add_config_flags,
+    add_output_flags,
     check_options,
     given_options,
     logger,
@@ -396,8 +397,7 @@ def register(sub: Any) -> None:
         metavar="PATH",
         help="save recall@k curves and nDCG@10 bars (PNG, SVG or PDF)",
     )
-    output.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-    output.add_argument("-v", "--verbose", action="store_true", help="show library logs")
+    add_output_flags(output)
     cache = p.add_argument_group("corpus-vector cache")
     cache.add_argument(
         "--eval-cache",

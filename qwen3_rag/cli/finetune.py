@@ -13,6 +13,7 @@ from qwen3_rag.cli.common import (
     EXIT_OK,
     CliError,
     add_config_flags,
+    add_output_flags,
     deferred_stop,
     flag_name,
     given_options,
@@ -104,7 +105,7 @@ def register(sub: Any) -> None:
                 default=None,
                 help="BEIR folder evaluated before training and at each checkpoint",
             )
-        p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+        add_output_flags(p, "log checkpoints and evaluations, and show library logs")
         _training_flags(p.add_argument_group("training options"))
         add_config_flags(p.add_argument_group("model options"), RuntimeConfig, _RUNTIME_FLAGS)
         p.set_defaults(func=cmd_finetune)
@@ -117,6 +118,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         for f in dataclasses.fields(TrainingOptions)
         if f.metadata["cli"] and getattr(args, f.name, None) is not None
     }
+    if args.quiet:
+        options["show_progress"] = False
     try:
         TrainingOptions(**options)
     except (TypeError, ValueError) as e:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from qwen3_rag.cli.common import EXIT_OK, CliError, out
+from qwen3_rag.cli.common import EXIT_OK, CliError, add_output_flags, out
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -44,5 +44,5 @@ def register(sub: Any) -> None:
         default=None,
         help="one positive weight per checkpoint (default: equal)",
     )
-    merge.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_output_flags(merge)
     merge.set_defaults(func=cmd_merge)

@@ -9,6 +9,7 @@ from qwen3_rag.cli.common import (
     EXIT_OK,
     CliError,
     add_config_flags,
+    add_output_flags,
     check_options,
     given_options,
     model_reference,
@@ -82,6 +83,6 @@ def register(sub: Any) -> None:
         help=f"drop candidates scoring above the positive's score + MARGIN (default: "
         f"{DEFAULT_MARGIN})",
     )
-    mine.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_output_flags(mine)
     add_config_flags(mine.add_argument_group("embedding model options"), EmbedderConfig)
     mine.set_defaults(func=cmd_mine)

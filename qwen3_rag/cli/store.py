@@ -21,6 +21,7 @@ from qwen3_rag.cli.common import (
     EXIT_STORAGE,
     SHARED_OPTIONS,
     CliError,
+    add_output_flags,
     flag_name,
     given_options,
     logger,
@@ -416,10 +417,4 @@ def _store_flags(parser: argparse.ArgumentParser) -> None:
         help=f"collection name (default: {DEFAULT_COLLECTION})",
     )
     parser.add_argument("--json", action="store_true", help="print JSON")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-    parser.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        help="show library logs and progress bars (weight loading, PDF warnings)",
-    )
+    add_output_flags(parser)

@@ -15,6 +15,7 @@ from qwen3_rag.cli.common import (
     CliError,
     Interrupted,
     add_config_flags,
+    add_output_flags,
     check_options,
     deferred_stop,
     format_duration,
@@ -385,7 +386,6 @@ def register(sub: Any) -> None:
         help=f"retrieves the personas and scores --min-cosine (default: {DEFAULT_EMBEDDING_MODEL})",
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-    p.add_argument("-v", "--verbose", action="store_true", help="show library logs")
+    add_output_flags(p)
     add_config_flags(p.add_argument_group("embedding model options"), EmbedderConfig)
     p.set_defaults(func=cmd_synth)
