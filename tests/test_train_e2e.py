@@ -208,7 +208,9 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(
 
 @pytest.mark.slow
 @pytest.mark.timeout(200)
-def test_reranker_finetuning_lowers_its_loss(tmp_path: Path, stdlib: tuple[Path, Path]):
+def test_reranker_finetuning_lowers_its_loss_and_learns_the_pairs(
+    tmp_path: Path, stdlib: tuple[Path, Path]
+):
     base = build_checkpoint(tmp_path / "rr", "reranker", shape=SHAPE, initializer_range=0.1)
     ds = load_beir(stdlib[0], split="train")
     ids = list(ds.queries)[:24]
@@ -226,12 +228,13 @@ def test_reranker_finetuning_lowers_its_loss(tmp_path: Path, stdlib: tuple[Path,
     ]
     rr = Qwen3Reranker(base, device="cpu", max_length=160)
 
-    def margin(model: Qwen3Reranker) -> float:
+    def margin(model: Qwen3Reranker) -> tuple[float, int]:
+        """Mean P(yes) gap of the positive over the best negative; queries it ranks first."""
         gaps = []
         for ex in examples:
             pos, *neg = model.score(ex.query, [*ex.pos, *ex.neg])
             gaps.append(pos - max(neg))
-        return float(np.mean(gaps))
+        return float(np.mean(gaps)), sum(g > 0 for g in gaps)
 
     start = margin(rr)
     result = finetune_reranker(
@@ -250,6 +253,7 @@ def test_reranker_finetuning_lowers_its_loss(tmp_path: Path, stdlib: tuple[Path,
     losses = [r["loss"] for r in log]
     # Full-vocabulary loss: it starts near log(151669) = 11.9 on random weights.
     assert np.mean(losses[:3]) > 10 and np.mean(losses[-3:]) < np.mean(losses[:3]) - 2, losses
-    # The saved folder is a reranker the runtime loads; its scores moved.
-    tuned = Qwen3Reranker(result.output, device="cpu", max_length=160)
-    assert abs(margin(tuned) - start) > 1e-4
+    # The saved folder is a reranker the runtime loads, and it learned the pairs: measured, the
+    # mean gap rose from -0.040 to -0.011 and the positive came first for 10 queries, not 5.
+    gap, first = margin(Qwen3Reranker(result.output, device="cpu", max_length=160))
+    assert gap > start[0] + 0.01 and first > start[1], (start, (gap, first))
