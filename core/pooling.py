@@ -45,18 +45,41 @@ def truncate_and_normalize(embeddings: torch.Tensor, dimensions: int | None) -> 
     return F.normalize(x, p=2, dim=1)
 
 
-def yes_no_score(hidden: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
-    """P("yes") against P("no") from final hidden states, in float32.
+def yes_no_logit(hidden: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+    """``z_yes - z_no`` (the log-odds of "yes") from final hidden states, in float32.
 
-    ``softmax([z_no, z_yes])[1] == sigmoid(z_yes - z_no) == sigmoid(h · (W_yes - W_no))``, so one
-    float32 dot product with ``head = W_yes - W_no`` replaces the vocabulary-sized LM head.
+    ``z_yes - z_no == h · (W_yes - W_no)``, so one float32 dot product with
+    ``head = W_yes - W_no`` replaces the vocabulary-sized LM head.
 
     Args:
         hidden: ``[batch, hidden]`` states at the last position.
         head: ``[hidden]`` float32 vector ``W_yes - W_no``.
 
     Example:
+        >>> yes_no_logit(torch.tensor([[2.0, 0.0]]), torch.tensor([1.5, 9.0])).tolist()
+        [3.0]
+    """
+    return hidden.float() @ head
+
+
+def yes_probability(logits: torch.Tensor) -> torch.Tensor:
+    """P("yes") against P("no") from :func:`yes_no_logit`'s log-odds.
+
+    ``softmax([z_no, z_yes])[1] == sigmoid(z_yes - z_no)``. Every caller turns log-odds into
+    scores here, so the same log-odds give the same bits wherever they are scored.
+
+    Example:
+        >>> yes_probability(torch.tensor([0.0])).tolist()
+        [0.5]
+    """
+    return torch.sigmoid(logits)
+
+
+def yes_no_score(hidden: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+    """P("yes") against P("no") from final hidden states, in float32 (the card's score).
+
+    Example:
         >>> yes_no_score(torch.tensor([[1.0, 0.0]]), torch.tensor([0.0, 0.0])).tolist()
         [0.5]
     """
-    return torch.sigmoid(hidden.float() @ head)
+    return yes_probability(yes_no_logit(hidden, head))

@@ -20,7 +20,7 @@ from .config import RerankerConfig
 from .errors import ModelLoadError, OutOfMemoryError
 from .loading import LoadedModel, from_pretrained_kwargs
 from .packing import pack, packed_model_kwargs
-from .pooling import yes_no_score
+from .pooling import yes_no_logit, yes_probability
 from .runtime import (
     CHARS_PER_TOKEN_CAP,
     Qwen3Runtime,
@@ -195,15 +195,12 @@ class Qwen3Reranker(Qwen3Runtime):
         seqs, _ = self._tokenize(query, docs, task, warn=True)
         shared = _common_prefix_len(seqs) if self.share_prefix else 0
         cache = self._prefix_cache(seqs[0][:shared]) if shared else None
-        scores = self._run_batched(
+        logits = self._run_batched(
             [len(s) - shared for s in seqs],
             lambda batch: self._forward(seqs, shared, cache, batch),
             "rerank",
         )
-        # One finite check and one device-to-host copy for the whole call.
-        stacked = torch.stack(scores)
-        self._check_finite(stacked, "scores")
-        return [float(s) for s in stacked.cpu().tolist()]
+        return self._scores(torch.stack(logits))[0]
 
     def rerank(
         self,
@@ -243,6 +240,16 @@ class Qwen3Reranker(Qwen3Runtime):
         return self._tokenize(query, check_texts(documents, "documents"), task)[0]
 
     # -- internals -------------------------------------------------------------------------
+    def _scores(self, logits: torch.Tensor) -> tuple[list[float], list[float]]:
+        """P(yes) and the log-odds they come from, for :meth:`_forward`'s stacked outputs.
+
+        One finite check and one device-to-host copy for the whole call. The server scores
+        here too, so its P(yes) are these bits; its TEI ``raw_scores`` are the log-odds.
+        """
+        self._check_finite(logits, "scores")
+        both = torch.stack([yes_probability(logits), logits]).cpu().tolist()
+        return [float(s) for s in both[0]], [float(z) for z in both[1]]
+
     def _tokenize(
         self, query: str, docs: list[str], task: str, *, warn: bool = False
     ) -> tuple[list[list[int]], int]:
@@ -267,6 +274,7 @@ class Qwen3Reranker(Qwen3Runtime):
     def _forward(
         self, seqs: list[list[int]], shared: int, cache: Any, batch: list[int]
     ) -> list[torch.Tensor]:
+        """The log-odds of "yes" (float32 scalars) of the pairs ``batch`` indexes in ``seqs``."""
         rows = [seqs[i][shared:] for i in batch]
         model = self._loaded.model
         if self._packed:
@@ -280,8 +288,8 @@ class Qwen3Reranker(Qwen3Runtime):
                     **packed_model_kwargs(segments),
                 )
                 hidden = out.last_hidden_state[0, segments.last_positions].float()
-                scores = yes_no_score(hidden, self._loaded.extras["head"])
-            return list(scores.unbind(0))
+                logits = yes_no_logit(hidden, self._loaded.extras["head"])
+            return list(logits.unbind(0))
         input_ids, mask = self._left_pad(rows)
         with self._lock, torch.inference_mode():
             if cache is None:
@@ -300,8 +308,8 @@ class Qwen3Reranker(Qwen3Runtime):
                 )
             # Left padding: the last position is each row's final real token.
             hidden = out.last_hidden_state[:, -1].float()
-            scores = yes_no_score(hidden, self._loaded.extras["head"])
-        return list(scores.unbind(0))
+            logits = yes_no_logit(hidden, self._loaded.extras["head"])
+        return list(logits.unbind(0))
 
 
 class RerankPrompt:

@@ -11,6 +11,7 @@ import base64
 import concurrent.futures as cf
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -651,3 +652,54 @@ def test_sigterm_finishes_the_requests_in_flight(server, emb):
     assert PROCESSES[server].wait(30) == 0
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{server}/health")
+
+
+def _confident_reranker(folder: Path, base: str) -> Path:
+    """The untied tiny reranker with a scaled "yes" row: log-odds far past float32 P(yes)."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer
+
+    shutil.copytree(base, folder)
+    weights = load_file(folder / "model.safetensors")
+    yes = AutoTokenizer.from_pretrained(folder).convert_tokens_to_ids("yes")
+    weights["lm_head.weight"][yes] *= 3000
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_tei_raw_scores_are_the_models_log_odds_even_where_p_yes_saturates(
+    reranker_untied_path, tmp_path
+):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from qwen3_rag.core import Qwen3Reranker
+
+    model_dir = _confident_reranker(tmp_path / "confident", reranker_untied_path)
+    query, docs = "capital?", CORPUS[:6]
+    # The reference: the full LM head of transformers' model on the reranker's exact ids.
+    rr = Qwen3Reranker(model_dir, max_length=128, show_progress=False)
+    lm = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    yes, no = tok.convert_tokens_to_ids("yes"), tok.convert_tokens_to_ids("no")
+    want = []
+    for ids in rr.encode_ids(query, docs):
+        with torch.no_grad():
+            logits = lm(input_ids=torch.tensor([ids])).logits[0, -1].double()
+        want.append(float(logits[yes] - logits[no]))
+    # Past about +-17 (yes) or -104 (no), float32 P(yes) is exactly 1 or 0 and holds no logit.
+    assert max(abs(z) for z in want) > 40, want
+
+    proc, url = _start(["--reranker-model", str(model_dir), *RERANK_OPTS], tmp_path / "log")
+    try:
+        raw = httpx.post(f"{url}/rerank", json={"query": query, "texts": docs, "raw_scores": True})
+        plain = httpx.post(f"{url}/rerank", json={"query": query, "texts": docs})
+    finally:
+        _stop(proc)
+    got = {x["index"]: x["score"] for x in raw.json()}
+    for i, z in enumerate(want):
+        assert got[i] == pytest.approx(z, rel=1e-4, abs=1e-3), (i, got[i], z)
+    # The scores beside them are still the in-process P(yes), bit for bit.
+    assert {x["index"]: x["score"] for x in plain.json()} == dict(enumerate(rr.score(query, docs)))

@@ -8,7 +8,6 @@ import contextlib
 import hmac
 import json
 import logging
-import math
 import threading
 import time
 import uuid
@@ -372,8 +371,8 @@ def create_app(
         *,
         instruction: str | None,
         field: str,
-    ) -> tuple[list[float], int, int]:
-        """P(yes) per document, the tokens read and how many pairs were cut."""
+    ) -> tuple[list[float], list[float], int, int]:
+        """P(yes) and log-odds per document, the tokens read and how many pairs were cut."""
         rr, worker = reranker()
         check_count(documents, field)
         task = rr.instruction if instruction is None else instruction
@@ -382,9 +381,9 @@ def create_app(
         except ValueError as e:
             raise ApiError(422, f"instruction: {e}", param="instruction") from e
         tokens = check_tokens(seqs, field)
-        scores = await run_job(request, worker, RerankJob(rows=seqs))
+        scores, log_odds = await run_job(request, worker, RerankJob(rows=seqs))
         state.metrics.tokens.labels("reranker").inc(tokens)
-        return scores, tokens, cut
+        return scores, log_odds, tokens, cut
 
     def model_name(kind: str) -> str:
         models_ = state.models
@@ -540,7 +539,7 @@ def create_app(
             if body.max_tokens_per_doc is not None:
                 limit = _positive(body.max_tokens_per_doc, "max_tokens_per_doc")
                 documents = _cut_texts(rr, documents, limit)
-            scores, tokens, _ = await score(
+            scores, _, tokens, _ = await score(
                 request, body.query, documents, instruction=body.instruction, field="documents"
             )
             order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[: body.top_n]
@@ -587,7 +586,7 @@ def create_app(
                     "truncation_direction: only 'Right' is served (the end of the document is cut)",
                     param="truncation_direction",
                 )
-            scores, _, cut = await score(
+            scores, log_odds, _, cut = await score(
                 request, body.query, body.texts, instruction=body.instruction, field="texts"
             )
             if cut and not body.truncate:
@@ -602,7 +601,7 @@ def create_app(
             for i in order:
                 item: dict[str, Any] = {
                     "index": i,
-                    "score": _log_odds(scores[i]) if body.raw_scores else scores[i],
+                    "score": log_odds[i] if body.raw_scores else scores[i],
                 }
                 if body.return_text:
                     item["text"] = body.texts[i]
@@ -651,7 +650,7 @@ def create_app(
                 return {"query": body.query, "results": []}
             metadatas = hits["metadatas"][0]
             distances = hits["distances"][0]
-            scores, _, _ = await score(
+            scores, _, _, _ = await score(
                 request, body.query, documents, instruction=body.instruction, field="query"
             )
             order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[: body.top_n]
@@ -751,18 +750,6 @@ def _openai_texts(value: str | list[Any]) -> list[str]:
 def _base64(vector: np.ndarray) -> str:
     """Little-endian float32 bytes, base64: what the openai client decodes."""
     return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
-
-
-def _log_odds(p: float) -> float:
-    """TEI's raw score: log(p / (1 - p)), the yes-minus-no logit, from P(yes).
-
-    P(yes) is a float32; at 0 or 1 the logit is beyond what float32 could tell apart, and the
-    largest finite log-odds of a float32 probability is returned with its sign.
-    """
-    p32 = float(np.float32(p))
-    tiny = float(np.finfo(np.float32).tiny)
-    p32 = min(max(p32, tiny), float(np.nextafter(np.float32(1), np.float32(0))))
-    return math.log(p32) - math.log1p(-p32)
 
 
 def _positive(value: int, name: str) -> int:

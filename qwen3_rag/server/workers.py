@@ -303,10 +303,9 @@ class RerankWorker(ModelWorker):
     def _failed_by(self, jobs: list[Job]) -> list[Job]:
         return jobs[:1]
 
-    def _finish(self, job: Job) -> list[float] | BaseException:
-        stacked = torch.stack(job.outputs)  # type: ignore[arg-type]
+    def _finish(self, job: Job) -> tuple[list[float], list[float]] | BaseException:
+        # P(yes) and log-odds, exactly as the in-process score() computes them.
         try:
-            self.reranker._check_finite(stacked, "scores")
+            return self.reranker._scores(torch.stack(job.outputs))  # type: ignore[arg-type]
         except Exception as e:
             return e
-        return [float(s) for s in stacked.cpu().tolist()]
