@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -214,6 +215,27 @@ def test_ray_builds_the_single_process_collection_and_tracks_changes(
     assert_same(by_ray, snapshot(chroma_url, "by-local"))
     documents = [doc for doc, _, _ in by_ray["rows"].values()]
     assert "Espresso needs a fine grind." in documents and "Grind size" not in str(documents)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_progress_counts_chunks_read_embedded_and_written_from_the_driver(
+    capsys, tmp_path, embed_eos_path, chroma_url, ray_address
+):
+    docs = write_corpus(tmp_path / "docs")
+    argv = ["index", str(docs), "--chroma-url", chroma_url, "--embedding-model", embed_eos_path]
+    argv += ["--collection", "progress", "--engine", "ray", "--ray-address", ray_address]
+    argv += ["--batch-size", "4", *[a for a in COMMON if a != "-q"]]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    stats = json.loads(captured.out)
+    lines = [line for line in captured.err.splitlines() if line.startswith("index: ")]
+    n, files = stats["new"], stats["files"] + stats["skipped"]
+    final = (
+        f"index: {stats['chunks']:,} chunks read, {n:,} embedded, {n:,} written, "
+        rf"[\d,.]+ chunks/s, {files}/{files} files read, done in \S+"
+    )
+    assert lines and re.fullmatch(final, lines[-1]), captured.err
 
 
 def _embed_workers() -> set[int]:
