@@ -73,13 +73,3 @@ def yes_probability(logits: torch.Tensor) -> torch.Tensor:
         [0.5]
     """
     return torch.sigmoid(logits)
-
-
-def yes_no_score(hidden: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
-    """P("yes") against P("no") from final hidden states, in float32 (the card's score).
-
-    Example:
-        >>> yes_no_score(torch.tensor([[1.0, 0.0]]), torch.tensor([0.0, 0.0])).tolist()
-        [0.5]
-    """
-    return yes_probability(yes_no_logit(hidden, head))

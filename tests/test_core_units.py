@@ -34,7 +34,12 @@ from qwen3_rag.core import spec as prompts
 from qwen3_rag.core.batching import plan_batches
 from qwen3_rag.core.loading import MODEL_CACHE, LoadedModel, ModelCache
 from qwen3_rag.core.packing import Segments, pack, packed_sdpa
-from qwen3_rag.core.pooling import last_token_pool, truncate_and_normalize, yes_no_score
+from qwen3_rag.core.pooling import (
+    last_token_pool,
+    truncate_and_normalize,
+    yes_no_logit,
+    yes_probability,
+)
 
 from reference import EOD_ID, ReferenceReranker
 
@@ -180,7 +185,7 @@ def test_score_head_equals_two_way_softmax():
     hidden = torch.randn(5, 8)
     logits = hidden @ vocab.T
     want = torch.softmax(torch.stack([logits[:, 3], logits[:, 7]], 1), 1)[:, 1]
-    got = yes_no_score(hidden, vocab[7] - vocab[3])
+    got = yes_probability(yes_no_logit(hidden, vocab[7] - vocab[3]))
     torch.testing.assert_close(got, want)
 
 
