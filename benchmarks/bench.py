@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 from qwen3_rag import Qwen3Embedder, Qwen3Reranker  # noqa: E402
 from qwen3_rag.core import spec as prompts  # noqa: E402
+from qwen3_rag.train.trainer import write_sentence_transformers_files  # noqa: E402
 
 from _common import paragraphs  # noqa: E402
 from tiny_models import OFFICIAL_0_6B, build_checkpoint  # noqa: E402
@@ -94,56 +95,12 @@ def st_embedding_dir(model: Path, work: Path) -> Path:
     """The checkpoint with the sentence-transformers config the official repo ships."""
     out = work / "st-embedding"
     _mirror(model, out)
-    (out / "modules.json").write_text(
-        json.dumps(
-            [
-                {
-                    "idx": 0,
-                    "name": "0",
-                    "path": "",
-                    "type": "sentence_transformers.models.Transformer",
-                },
-                {
-                    "idx": 1,
-                    "name": "1",
-                    "path": "1_Pooling",
-                    "type": "sentence_transformers.models.Pooling",
-                },
-                {
-                    "idx": 2,
-                    "name": "2",
-                    "path": "2_Normalize",
-                    "type": "sentence_transformers.models.Normalize",
-                },
-            ]
-        )
-    )
-    (out / "1_Pooling").mkdir(exist_ok=True)
+    # The layout the fine-tuner writes for its outputs (last-token pooling, normalize, the
+    # query prompt), plus the official repo's sequence limit.
     hidden = json.loads((model / "config.json").read_text())["hidden_size"]
-    (out / "1_Pooling" / "config.json").write_text(
-        json.dumps(
-            {
-                "word_embedding_dimension": hidden,
-                "pooling_mode_lasttoken": True,
-                "include_prompt": True,
-            }
-        )
-    )
-    (out / "2_Normalize").mkdir(exist_ok=True)
+    write_sentence_transformers_files(out, hidden)
     (out / "sentence_bert_config.json").write_text(
         json.dumps({"max_seq_length": 8192, "do_lower_case": False})
-    )
-    (out / "config_sentence_transformers.json").write_text(
-        json.dumps(
-            {
-                "prompts": {
-                    "query": prompts.QUERY_TEMPLATE.format(task=prompts.DEFAULT_TASK, query=""),
-                    "document": "",
-                },
-                "default_prompt_name": None,
-                "similarity_fn_name": "cosine",
-            }
-        )
     )
     return out
 

@@ -388,7 +388,7 @@ class _EmbeddingTask(_Task):
         return float(loss), sum(len(r) for r in rows)
 
     def _write_extra_files(self, dest: Path) -> None:
-        _write_sentence_transformers_files(dest, self.hidden_size)
+        write_sentence_transformers_files(dest, self.hidden_size)
 
 
 class _RerankerTask(_Task):
@@ -821,7 +821,7 @@ def _copy_model_files(source: Path, dest: Path) -> None:
             shutil.copy2(item, dest / item.name)
 
 
-def _write_sentence_transformers_files(dest: Path, hidden_size: int) -> None:
+def write_sentence_transformers_files(dest: Path, hidden_size: int) -> None:
     """sentence-transformers' layout for last-token pooling, unless the base model had one.
 
     The query prompt is the embedder's template with an empty query (the model card's
