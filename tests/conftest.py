@@ -1,10 +1,16 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +39,44 @@ CORPUS = [
     "a" * 700,
     "word " * 300,
 ]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, what: str, seconds: float = 120) -> None:
+    """Wait until ``proc`` listens on ``port`` (127.0.0.1); fail if it exits or takes too long."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert proc.poll() is None, f"{what} exited with {proc.returncode}"
+            assert time.monotonic() < deadline, f"{what} did not start in {seconds} s"
+            time.sleep(0.3)
+
+
+@contextlib.contextmanager
+def chroma_server(path: Path, seconds: float = 120) -> Iterator[str]:
+    """A real ``chroma run`` server on 127.0.0.1 storing in ``path``, for the block; its URL."""
+    port = free_port()
+    chroma = Path(sys.executable).with_name("chroma")
+    proc = subprocess.Popen(
+        [str(chroma), "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, proc, "chroma run", seconds)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 _TINY_SPECS = {

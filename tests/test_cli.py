@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from qwen3_rag.cli import main
+
+from conftest import chroma_server
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -257,39 +257,9 @@ def test_model_or_dimension_mismatch_names_both(capsys, corpus, tmp_path, models
     assert code == 2 and "model=" in err and str(other) in err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_against_a_real_chroma_server(capsys, corpus, tmp_path, models):
-    chroma = Path(sys.executable).with_name("chroma")
-    port = _free_port()
-    server = subprocess.Popen(
-        [
-            str(chroma),
-            "run",
-            "--path",
-            str(tmp_path / "server"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.3)
+    with chroma_server(tmp_path / "server") as url:
         code, out, err = run_cli(
             capsys,
             "index",
@@ -340,9 +310,6 @@ def test_against_a_real_chroma_server(capsys, corpus, tmp_path, models):
         results = json.loads(out)["results"]
         assert code == 0 and results
         assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 @pytest.mark.slow

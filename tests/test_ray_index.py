@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,53 +23,17 @@ import pytest
 
 from qwen3_rag.cli import main
 
+from conftest import chroma_server, free_port, wait_for_port
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 COMMON = ["--max-length", "256", "--chunk-size", "200", "--chunk-overlap", "20", "--json", "-q"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen, what: str, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            assert proc.poll() is None, f"{what} exited with {proc.returncode}"
-            assert time.monotonic() < deadline, f"{what} did not start in {seconds} s"
-            time.sleep(0.3)
-
-
 @pytest.fixture(scope="module")
 def chroma_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
-    path = tmp_path_factory.mktemp("chroma")
-    proc = subprocess.Popen(
-        [
-            str(BIN / "chroma"),
-            "run",
-            "--path",
-            str(path),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait_for_port(port, proc, "chroma run")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with chroma_server(tmp_path_factory.mktemp("chroma")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +43,7 @@ def ray_address() -> Iterator[str]:
     # (not ~/.ray/auth_token): the head, the drivers in this process and their subprocesses.
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=uuid.uuid4().hex)
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             str(BIN / "ray"),
@@ -99,7 +62,7 @@ def ray_address() -> Iterator[str]:
         start_new_session=True,
     )
     try:
-        _wait_for_port(port, proc, "ray start")
+        wait_for_port(port, proc, "ray start")
         yield f"127.0.0.1:{port}"
     finally:
         # `ray start --block` stops the processes it started; they share its new session.
@@ -382,7 +345,7 @@ def test_an_unreachable_ray_address_fails_fast_naming_it(
     capsys, tmp_path, embed_eos_path, chroma_url
 ):
     docs = write_corpus(tmp_path / "docs")
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     started = time.monotonic()
     argv = ["index", str(docs), "--engine", "ray", "--ray-address", address]
     code = main([*argv, "--chroma-url", chroma_url, "--embedding-model", embed_eos_path])

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import pickle
-import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +36,8 @@ from qwen3_rag import (
 )
 from qwen3_rag.remote import RemoteTimeoutError
 
+from conftest import free_port
+
 KEY = "test-key-0123"
 HERE = Path(__file__).parent
 QUERIES = ["What is the capital of China?", "Explain gravity", "", "naïve café 🐍 ünïcode"]
@@ -47,12 +48,6 @@ DOCS = [
     "Ünïcode téxt with emoji 🐍 and CJK 北京",
     "x",
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -80,7 +75,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen, limit: float = 120.0) -> Non
 
 def _serve(*args: str) -> tuple[str, subprocess.Popen]:
     """``qwen3-rag serve ARGS`` on a free loopback port with the test key, once healthy."""
-    port = _free_port()
+    port = free_port()
     argv = [sys.executable, "-m", "qwen3_rag", "serve", "--host", "127.0.0.1", "--port", str(port)]
     env = {**os.environ, "QWEN3_RAG_API_KEY": KEY}
     proc = subprocess.Popen(
@@ -106,7 +101,7 @@ def server(embed_eos_path: str, reranker_path: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def busy() -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, str(HERE / "busy_server.py"), str(port)], stdout=subprocess.PIPE, text=True
     )
@@ -321,7 +316,7 @@ def test_a_wrong_or_missing_key_is_a_clear_error(server, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_an_unreachable_server_is_named():
-    url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     started = time.monotonic()
     with pytest.raises(RemoteError) as caught:
         RemoteEmbedder(url, max_retries=2, backoff=0.05).embed_documents(["x"])

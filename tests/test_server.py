@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,7 +24,7 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import CORPUS
+from conftest import CORPUS, free_port
 
 KEY = "test-key-8d1f"
 EMBED_OPTS = ["--max-length", "64"]
@@ -36,14 +35,8 @@ pytestmark = pytest.mark.slow
 
 
 # -- fixtures ------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _start(args: list[str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "QWEN3_RAG_API_KEY": ""}
     env.pop("QWEN3_RAG_API_KEY")
     handle = open(log, "wb")  # noqa: SIM115 - closed with the process
