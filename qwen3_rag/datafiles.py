@@ -1,13 +1,16 @@
-"""Reading the data files the applications share: JSON lines and BEIR's qrels layout.
+"""The data files the applications share: JSON lines and BEIR's qrels layout, read and written.
 
 Evaluation, fine-tuning, mining and synthesis all read user files line by line; one reader
 gives them the same errors, each naming the file and line (``corpus.jsonl:7: invalid JSON``).
+They all write through :func:`write_atomic`, so a killed run never leaves half a file.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,33 @@ from typing import Any
 QRELS_HEADER = ("query-id", "corpus-id", "score")
 #: One judgement: query id, document id, score.
 QrelsRow = tuple[str, str, int]
+
+
+def write_atomic(path: str | os.PathLike[str], lines: Iterable[str]) -> int:
+    """Write ``lines`` (each ending as it should) to ``path``: all of them or nothing.
+
+    They go to a temporary file beside ``path``, synced, then renamed over it; a kill at any
+    moment leaves the old file or the new one. Parent folders are created.
+
+    Returns:
+        How many items of ``lines`` were written.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    count = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            for line in lines:
+                handle.write(line)
+                count += 1
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return count
 
 
 class DataError(ValueError):

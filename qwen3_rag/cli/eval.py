@@ -285,9 +285,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "runs": [row.as_json() for row in rows],
     }
     if args.json:
-        from qwen3_rag.eval.data import _atomic_write
+        from qwen3_rag.datafiles import write_atomic
 
-        _atomic_write(Path(args.json), json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        write_atomic(args.json, [json.dumps(result, indent=2, ensure_ascii=False) + "\n"])
     if args.plot:
         from qwen3_rag.eval.plot import plot_results
 

@@ -12,13 +12,12 @@ import json
 import os
 import random
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qwen3_rag.datafiles import QRELS_HEADER, DataError, json_objects, qrels_rows
+from qwen3_rag.datafiles import QRELS_HEADER, DataError, json_objects, qrels_rows, write_atomic
 
 
 @dataclass(frozen=True)
@@ -179,18 +178,6 @@ def load_beir(path: str | os.PathLike[str], split: str = "test") -> Dataset:
     )
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_beir(dataset: Dataset, path: str | os.PathLike[str], split: str = "test") -> Path:
     """Write ``dataset`` as a BEIR folder that :func:`load_beir` reads back unchanged.
 
@@ -213,9 +200,9 @@ def write_beir(dataset: Dataset, path: str | os.PathLike[str], split: str = "tes
     qrels += "".join(
         f"{q}\t{d}\t{r}\n" for q, docs in dataset.qrels.items() for d, r in docs.items()
     )
-    _atomic_write(folder / "corpus.jsonl", corpus)
-    _atomic_write(folder / "queries.jsonl", queries)
-    _atomic_write(folder / "qrels" / f"{split}.tsv", qrels)
+    write_atomic(folder / "corpus.jsonl", [corpus])
+    write_atomic(folder / "queries.jsonl", [queries])
+    write_atomic(folder / "qrels" / f"{split}.tsv", [qrels])
     return folder
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from qwen3_rag.datafiles import write_atomic
+
 from .data import DataError, Dataset
 from .metrics import Run
 
@@ -318,13 +320,5 @@ def write_trec_run(
                 )
             lines.append(f"{qid} Q0 {doc} {rank} {docs[doc]!r} {tag}\n")
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.writelines(lines)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(target, lines)
     return target

@@ -13,9 +13,7 @@ import concurrent.futures as cf
 import hashlib
 import json
 import logging
-import os
 import random
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from qwen3_rag.core.spec import DEFAULT_TASK
-from qwen3_rag.datafiles import QRELS_HEADER
+from qwen3_rag.datafiles import QRELS_HEADER, write_atomic
 from qwen3_rag.synth.corpus import Passage
 from qwen3_rag.synth.llm import ChatLLM, LLMRequestError, ReplyCache, as_llm, cache_key
 from qwen3_rag.synth.parsing import InvalidReply, parse_configuration, parse_query
@@ -442,22 +440,6 @@ def training_row(query: SyntheticQuery, instruction: str) -> dict[str, Any]:
     if query.cosine is not None:
         row["cosine"] = query.cosine
     return row
-
-
-def write_atomic(path: Path, lines: Iterable[str]) -> None:
-    """Write ``lines`` to ``path`` through a temporary file and a rename: all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for line in lines:
-                f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _jsonl(rows: Iterable[dict[str, Any]]) -> Iterable[str]:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qwen3_rag.datafiles import DataError, json_objects, qrels_rows
+from qwen3_rag.datafiles import DataError, json_objects, qrels_rows, write_atomic
 
 #: The file of a BEIR folder that holds the training judgements.
 BEIR_TRAIN_QRELS = Path("qrels") / "train.tsv"
@@ -91,22 +90,9 @@ def write_training_data(path: str | os.PathLike[str], examples: Iterable[TrainEx
     Returns:
         The number of examples written.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for example in examples:
-                f.write(json.dumps(example.to_json(), ensure_ascii=False) + "\n")
-                count += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return count
+    return write_atomic(
+        path, (json.dumps(e.to_json(), ensure_ascii=False) + "\n" for e in examples)
+    )
 
 
 def read_beir_corpus(path: str | os.PathLike[str]) -> dict[str, str]:
