@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from qwen3_rag.core import Qwen3Embedder, Qwen3Reranker
+from qwen3_rag.core.reranker import ranked
 from qwen3_rag.core.spec import MIN_DIMENSIONS
 
 from .errors import ApiError, ApiStyle, validation_error
@@ -542,12 +543,11 @@ def create_app(
             scores, _, tokens, _ = await score(
                 request, body.query, documents, instruction=body.instruction, field="documents"
             )
-            order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[: body.top_n]
             results: list[dict[str, Any]] = []
-            for i in order:
-                item: dict[str, Any] = {"index": i, "relevance_score": scores[i]}
+            for r in ranked(scores, documents, body.top_n):
+                item: dict[str, Any] = {"index": r.index, "relevance_score": r.score}
                 if body.return_documents:
-                    item["document"] = {"text": documents[i]}
+                    item["document"] = {"text": r.document}
                 results.append(item)
             return {
                 "id": str(uuid.uuid4()),
@@ -596,15 +596,14 @@ def create_app(
                     "send truncate=true to cut them",
                     param="texts",
                 )
-            order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
             out = []
-            for i in order:
+            for r in ranked(scores, body.texts):
                 item: dict[str, Any] = {
-                    "index": i,
-                    "score": log_odds[i] if body.raw_scores else scores[i],
+                    "index": r.index,
+                    "score": log_odds[r.index] if body.raw_scores else r.score,
                 }
                 if body.return_text:
-                    item["text"] = body.texts[i]
+                    item["text"] = r.document
                 out.append(item)
             return out
 
@@ -653,20 +652,19 @@ def create_app(
             scores, _, _, _ = await score(
                 request, body.query, documents, instruction=body.instruction, field="query"
             )
-            order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[: body.top_n]
             return {
                 "query": body.query,
                 "results": [
                     {
                         "rank": rank,
-                        "score": scores[i],
-                        "id": hits["ids"][0][i],
-                        "source": (metadatas[i] or {}).get("source"),
-                        "text": documents[i],
-                        "vector_distance": float(distances[i]),
-                        "metadata": metadatas[i] or {},
+                        "score": r.score,
+                        "id": hits["ids"][0][r.index],
+                        "source": (metadatas[r.index] or {}).get("source"),
+                        "text": r.document,
+                        "vector_distance": float(distances[r.index]),
+                        "metadata": metadatas[r.index] or {},
                     }
-                    for rank, i in enumerate(order, start=1)
+                    for rank, r in enumerate(ranked(scores, documents, body.top_n), start=1)
                 ],
             }
 
