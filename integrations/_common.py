@@ -162,6 +162,9 @@ class _CoreAdapter(BaseModel):
     )
 
     core_class: ClassVar[type[Any]]
+    #: What an unset (None) option means in this adapter where its framework's convention
+    #: differs from the core default (LlamaIndex: no progress bars unless asked).
+    unset_options: ClassVar[Mapping[str, Any]] = {}
     if TYPE_CHECKING:  # a field of every subclass (see options_model)
         model: Any
     _core: Any = PrivateAttr(default=None)
@@ -212,6 +215,8 @@ class _CoreAdapter(BaseModel):
         if self._core is not None and _same(state, self._built_from):
             return
         options = {n: getattr(self, n) for n in self._option_names()}
+        if isinstance(self.model, str):  # a built core object keeps its own options
+            options |= {n: v for n, v in self.unset_options.items() if options[n] is None}
         self._core = build_core(self.core_class, self.model, options)
         self._built_from = state
 

@@ -15,9 +15,10 @@ import math
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
 
-from qwen3_rag.core import DEFAULT_EMBEDDING_MODEL, EmbedderConfig, Qwen3Embedder
+from qwen3_rag.core import DEFAULT_EMBEDDING_MODEL, EmbedderConfig, Qwen3Embedder, Qwen3RagError
 from qwen3_rag.core.config import build_config
 from qwen3_rag.core.spec import CHROMA_FUNCTION_NAME
 from qwen3_rag.remote import RemoteEmbedder
@@ -31,15 +32,23 @@ try:
 except ImportError as e:  # pragma: no cover - exercised in a clean environment test
     raise missing_extra("chromadb", "chroma") from e
 
-__all__ = ["ConfigMismatchError", "Qwen3EmbeddingFunction", "clean_metadata", "open_collection"]
+__all__ = [
+    "CONFIG_KEYS",
+    "ConfigMismatchError",
+    "Qwen3EmbeddingFunction",
+    "check_stored_config",
+    "clean_metadata",
+    "open_collection",
+]
 
 #: The name under which Chroma stores and finds this embedding function.
 EF_NAME = CHROMA_FUNCTION_NAME
 #: The persisted config: the model and the options that decide the vectors (the config fields
-#: marked ``persist``, plus the revision); never devices, secrets or free kwargs.
+#: marked ``persist``, plus the revision); never devices, secrets or free kwargs. These are the
+#: settings a collection is built with, and every opener (this module's
+#: :func:`open_collection`, the indexer, the CLI, the server's search, evaluation) must match
+#: them all: a collection embeds its queries one way only.
 CONFIG_KEYS = ("model", *identity_names(EmbedderConfig))
-#: Keys whose change makes stored vectors incomparable with new ones.
-_VECTOR_KEYS = ("model", "revision", "dimensions")
 #: Functions rebuilt from a persisted config stay alive this long (most recent first): Chroma
 #: rebuilds the function on every call of a collection opened without one, and the model
 #: would otherwise be freed and loaded again each time.
@@ -48,8 +57,26 @@ _rebuilt: OrderedDict[str, Qwen3EmbeddingFunction] = OrderedDict()
 _rebuilt_lock = threading.Lock()
 
 
-class ConfigMismatchError(ValueError):
-    """A collection was built with another model or dimension than the one given now."""
+class ConfigMismatchError(Qwen3RagError, ValueError):
+    """A collection was built with other settings (:data:`CONFIG_KEYS`) than the ones given now.
+
+    Attributes:
+        collection: The collection's name.
+        key: The first setting that differs.
+        stored: Its value in the collection.
+        given: The value asked for now.
+    """
+
+    def __init__(self, collection: str, key: str, stored: Any, given: Any) -> None:
+        super().__init__(
+            f"collection {collection!r} was built with {key}={stored!r}, but this asks for "
+            f"{key}={given!r}; use the same {key}, or rebuild the collection to re-embed "
+            "everything with the new value"
+        )
+        self.collection = collection
+        self.key = key
+        self.stored = stored
+        self.given = given
 
 
 @register_embedding_function
@@ -189,8 +216,8 @@ class Qwen3EmbeddingFunction(EmbeddingFunction[Documents]):
     def validate_config_update(
         self, old_config: dict[str, Any], new_config: dict[str, Any]
     ) -> None:
-        """Refuse changes that would mix incomparable vectors in one collection."""
-        _check_compatible(old_config, new_config, "collection")
+        """Refuse changes that would mix incomparable vectors, or queries embedded two ways."""
+        check_stored_config(old_config, new_config, "collection")
 
 
 def _as_texts(input: Any) -> list[str]:
@@ -200,13 +227,20 @@ def _as_texts(input: Any) -> list[str]:
     return list(input)
 
 
-def _check_compatible(stored: dict[str, Any], given: dict[str, Any], where: str) -> None:
-    for key in _VECTOR_KEYS:
-        if stored.get(key) != given.get(key):
-            raise ConfigMismatchError(
-                f"the {where} was built with {key}={stored.get(key)!r}, but the embedding "
-                f"function has {key}={given.get(key)!r}; use the same {key} or a new collection"
-            )
+def check_stored_config(stored: Mapping[str, Any], given: Mapping[str, Any], name: str) -> None:
+    """Refuse ``given`` settings that differ from a collection's ``stored`` ones.
+
+    The one check of :data:`CONFIG_KEYS` (model, revision, max_length, dimensions,
+    instruction): a different model, revision or size makes the vectors incomparable, a
+    different ``max_length`` or instruction embeds the same text another way. A key the
+    stored config lacks (a collection from an older version) is not checked.
+
+    Raises:
+        ConfigMismatchError: Naming the collection, the setting and both values.
+    """
+    for key in CONFIG_KEYS:
+        if key in stored and key in given and stored[key] != given[key]:
+            raise ConfigMismatchError(name, key, stored[key], given[key])
 
 
 def open_collection(
@@ -217,10 +251,11 @@ def open_collection(
     create: bool = True,
     metadata: dict[str, Any] | None = None,
 ) -> Any:
-    """Get (or create) a collection, refusing one built with another model or dimension.
+    """Get (or create) a collection, refusing one built with other settings.
 
     Chroma itself only compares embedding-function names, so a dimension change would surface
-    later as a shape error on add or query; this check fails at once, naming both values.
+    later as a shape error on add or query, and another instruction or ``max_length`` would
+    silently embed queries differently; this check fails at once, naming both values.
 
     The collection records the function's config (:data:`CONFIG_KEYS`), so any process can
     reopen it without passing a function: plain ``chromadb`` needs
@@ -228,7 +263,7 @@ def open_collection(
     it), which registers the name ``"qwen3_rag"`` with Chroma.
 
     Raises:
-        ConfigMismatchError: If the stored model, revision or dimensions differ.
+        ConfigMismatchError: If a stored setting (:data:`CONFIG_KEYS`) differs.
         ValueError: If the collection uses another embedding function, or its stored config is
             damaged (not a dict).
         chromadb.errors.NotFoundError: If it does not exist and ``create`` is False.
@@ -241,20 +276,44 @@ def open_collection(
         return client.create_collection(
             name, embedding_function=embedding_function, metadata=metadata
         )
+    except ValueError as e:
+        # Chroma refuses a collection that recorded another function ("Embedding function
+        # conflict"), without saying what to do: the check below words it like the others.
+        stored = _stored_function(
+            client.get_collection(name, embedding_function=None).configuration_json, name
+        )
+        if stored.get("name") in (None, EF_NAME):
+            raise
+        raise ValueError(_foreign_collection(name, stored.get("name"))) from e
     stored = _stored_function(collection.configuration_json, name)
     if stored.get("name") != EF_NAME:
-        raise ValueError(
-            f"collection {name!r} uses the embedding function {stored.get('name')!r}, "
-            f"not {EF_NAME!r}"
-        )
+        raise ValueError(_foreign_collection(name, stored.get("name")))
     config = stored.get("config")
     if not isinstance(config, dict):
         raise ValueError(
             f"collection {name!r} has a damaged {EF_NAME} config (a "
             f"{type(config).__name__}, not a dict); recreate the collection"
         )
-    _check_compatible(config, embedding_function.get_config(), f"collection {name!r}")
+    check_stored_config(config, embedding_function.get_config(), name)
     return collection
+
+
+def _foreign_collection(name: str, function: Any) -> str:
+    """Why a collection made by something else is refused, and what to do instead."""
+    drop = f"client.delete_collection({name!r}) deletes it, if it is not needed"
+    if function is None:
+        # LangChain's and LlamaIndex's Chroma stores embed outside Chroma and record nothing.
+        return (
+            f"collection {name!r} records no embedding function (it was made by another tool, "
+            "such as LangChain's or LlamaIndex's Chroma store), so its vectors cannot be checked "
+            f"against this model: open it with the tool that made it, or give this one another "
+            f"collection name ({drop})"
+        )
+    return (
+        f"collection {name!r} was made with the embedding function {function!r}, not "
+        f"qwen3-rag's {EF_NAME!r}, so its vectors come from another model: open it with "
+        f"{function!r}, or give this one another collection name ({drop})"
+    )
 
 
 def _stored_function(configuration: Any, name: str) -> dict[str, Any]:

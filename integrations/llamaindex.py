@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from qwen3_rag.core import (
     DEFAULT_EMBEDDING_MODEL,
@@ -98,6 +99,9 @@ class Qwen3Embedding(_EmbedderOptions, BaseEmbedding):  # type: ignore[misc]
     )
 
     embed_batch_size: int = Field(default=256, gt=0, description="Texts per core call.")
+    # LlamaIndex draws bars only when asked (``show_progress=True`` on its calls, default False);
+    # so does the core here, the weight loading's included, unless ``show_progress`` is set.
+    unset_options: ClassVar[Mapping[str, Any]] = {"show_progress": False}
 
     def __init__(self, **data: Any) -> None:
         # ``model_name`` is the model, as in LlamaIndex's own embeddings. Mapped here, not in
@@ -195,6 +199,7 @@ class Qwen3Rerank(_RerankerOptions, BaseNodePostprocessor):  # type: ignore[misc
     )
 
     top_n: int | None = Field(default=3, description="Nodes to keep; None keeps all.")
+    unset_options: ClassVar[Mapping[str, Any]] = {"show_progress": False}  # as Qwen3Embedding
     score_threshold: float | None = Field(
         default=None, description="Drop nodes scoring below this, in [0, 1]."
     )

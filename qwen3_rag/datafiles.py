@@ -7,12 +7,16 @@ They all write through :func:`write_atomic`, so a killed run never leaves half a
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+from qwen3_rag.core import Qwen3RagError
 
 #: The header line of a BEIR qrels file (``qrels/<split>.tsv``).
 QRELS_HEADER = ("query-id", "corpus-id", "score")
@@ -20,34 +24,66 @@ QRELS_HEADER = ("query-id", "corpus-id", "score")
 QrelsRow = tuple[str, str, int]
 
 
-def write_atomic(path: str | os.PathLike[str], lines: Iterable[str]) -> int:
-    """Write ``lines`` (each ending as it should) to ``path``: all of them or nothing.
+@contextmanager
+def open_atomic(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A binary file that replaces ``path`` when the block ends without an error.
 
-    They go to a temporary file beside ``path``, synced, then renamed over it; a kill at any
-    moment leaves the old file or the new one. Parent folders are created.
-
-    Returns:
-        How many items of ``lines`` were written.
+    The bytes go to a temporary file beside ``path``, synced, then renamed over it; a kill at
+    any moment leaves the old file or the new one, and an error leaves the old one. Parent
+    folders are created. The file gets the mode the umask gives any new file (0644 under umask
+    022), as ``open(path, "w")`` would.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    count = 0
+    fd, tmp = _create_beside(target)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            for line in lines:
-                handle.write(line)
-                count += 1
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def _create_beside(target: Path) -> tuple[int, Path]:
+    """A new, uniquely named temporary file in ``target``'s folder: (descriptor, path)."""
+    for _ in range(100):
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            # tempfile.mkstemp would create it 0600 whatever the umask; 0666 lets the kernel
+            # apply the umask, so the renamed file has a new file's usual mode.
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"cannot create a temporary file beside {str(target)!r}")
+
+
+def write_atomic(path: str | os.PathLike[str], lines: Iterable[str]) -> int:
+    """Write ``lines`` (each ending as it should) to ``path``: all of them or nothing.
+
+    See :func:`open_atomic`: a temporary file beside ``path``, synced, then renamed over it;
+    UTF-8; the mode a new file gets under the umask.
+
+    Returns:
+        How many items of ``lines`` were written.
+    """
+    count = 0
+    with open_atomic(path) as raw:
+        handle = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        try:
+            for line in lines:
+                handle.write(line)
+                count += 1
+            handle.flush()
+        finally:
+            # Closing the wrapper would close the file that open_atomic still has to sync.
+            handle.detach()
     return count
 
 
-class DataError(ValueError):
+class DataError(Qwen3RagError, ValueError):
     """Malformed input data; the message names the file, line and field."""
 
 

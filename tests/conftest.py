@@ -10,6 +10,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,12 @@ from tiny_models import build_checkpoint
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+# Ray's token authentication (its default for new clusters) with a token of this test run's own,
+# not ~/.ray/auth_token. Ray reads both once, when it is first imported (RayConfig and its token
+# cache), so they are set here, before any test imports it: a head started later by a fixture
+# and every in-process driver then agree, whatever test imported Ray first.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_AUTH_TOKEN", uuid.uuid4().hex)
 
 # Texts that exercise the tokenizer: scripts, code, emoji, whitespace, template look-alikes.
 CORPUS = [
@@ -125,3 +132,19 @@ def reranker_path() -> str:
 @pytest.fixture(scope="session")
 def reranker_untied_path() -> str:
     return tiny_checkpoint("reranker-untied")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A ``grid`` test's first case stays in the fast tier; its other cases are ``slow``.
+
+    ``tryfirst``: before pytest's own hook deselects by ``-m``.
+    """
+    seen: set[tuple[str, str]] = set()
+    for item in items:
+        if item.get_closest_marker("grid") is None:
+            continue
+        key = (str(item.path), getattr(item, "originalname", item.name))
+        if key in seen:
+            item.add_marker(pytest.mark.slow)
+        seen.add(key)

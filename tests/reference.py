@@ -2,6 +2,8 @@
 
 Written from the Qwen3-Embedding / Qwen3-Reranker model cards, independently of the library:
 it uses ``AutoTokenizer`` with its default behaviour and the full ``Qwen3ForCausalLM`` logits.
+With ``split_special_tokens=True`` user text is tokenized with transformers' switch of that name
+(special tokens spelled as text, other added tokens kept), the runtime's documented exception.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ def get_detailed_instruct(task_description: str, query: str) -> str:
 
 
 class ReferenceEmbedder:
-    def __init__(self, path: str, max_length: int) -> None:
+    def __init__(self, path: str, max_length: int, split_special_tokens: bool = False) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+        self.split = split_special_tokens
         self.model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
         self.max_length = max_length
         probe = self.tokenizer("probe")["input_ids"]
@@ -30,9 +33,13 @@ class ReferenceEmbedder:
         if self.appends_eos:
             # Current tokenizer revision: the post-processor appends <|endoftext|> and
             # truncation keeps room for it.
-            return self.tokenizer(text, truncation=True, max_length=self.max_length)["input_ids"]
+            return self.tokenizer(
+                text, truncation=True, max_length=self.max_length, split_special_tokens=self.split
+            )["input_ids"]
         # Original README recipe: truncate, then append the end-of-document id by hand.
-        ids = self.tokenizer(text, truncation=True, max_length=self.max_length - 1)["input_ids"]
+        ids = self.tokenizer(
+            text, truncation=True, max_length=self.max_length - 1, split_special_tokens=self.split
+        )["input_ids"]
         return [*ids, EOD_ID]
 
     @torch.no_grad()
@@ -53,8 +60,9 @@ class ReferenceReranker:
     )
     SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 
-    def __init__(self, path: str, max_length: int) -> None:
+    def __init__(self, path: str, max_length: int, split_special_tokens: bool = False) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+        self.split = split_special_tokens
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         self.max_length = max_length
         self.prefix_tokens = self.tokenizer.encode(self.PREFIX, add_special_tokens=False)
@@ -81,6 +89,7 @@ class ReferenceReranker:
             truncation="longest_first",
             return_attention_mask=False,
             max_length=self.max_length - len(self.prefix_tokens) - len(self.suffix_tokens),
+            split_special_tokens=self.split,
         )["input_ids"]
         return [self.prefix_tokens + body + self.suffix_tokens for body in bodies]
 

@@ -83,6 +83,7 @@ def test_every_config_field_is_a_documented_adapter_field(cls):
     ids=_ids([*ALL_ADAPTERS, Qwen3EmbeddingFunction]),
 )
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+@pytest.mark.grid
 def test_every_config_field_is_forwarded_to_the_core(cls):
     is_embedding = cls in EMBEDDING_ADAPTERS or cls is Qwen3EmbeddingFunction
     config_cls = EmbedderConfig if is_embedding else RerankerConfig

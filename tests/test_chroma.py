@@ -94,7 +94,10 @@ def test_config_update_refuses_a_new_model_or_dimension(ef):
     old = ef.get_config()
     with pytest.raises(ConfigMismatchError, match=r"dimensions=64.*dimensions=32"):
         ef.validate_config_update(old, {**old, "dimensions": 32})
-    ef.validate_config_update(old, {**old, "instruction": "other"})
+    # Another instruction embeds the same queries another way: refused too (one check).
+    with pytest.raises(ConfigMismatchError, match=r"instruction="):
+        ef.validate_config_update(old, {**old, "instruction": "other"})
+    ef.validate_config_update(old, dict(old))
 
 
 def test_reopen_with_another_dimension_fails_naming_both(tmp_path, ef, embed_eos_path):
@@ -104,8 +107,32 @@ def test_reopen_with_another_dimension_fails_naming_both(tmp_path, ef, embed_eos
     other = Qwen3EmbeddingFunction(embed_eos_path, max_length=128, dimensions=32)
     with pytest.raises(ConfigMismatchError, match=r"dimensions=64.*dimensions=32"):
         open_collection(client, "docs", other)
-    again = open_collection(client, "docs", Qwen3EmbeddingFunction(embed_eos_path, max_length=128))
+    same = ef.get_config()
+    again = open_collection(
+        client, "docs", Qwen3EmbeddingFunction(embed_eos_path, max_length=same["max_length"])
+    )
     assert again.count() == 3
+
+
+def test_reopen_with_another_instruction_or_max_length_is_refused(tmp_path, ef, embed_eos_path):
+    # The collection embeds its queries one way: a second opener with other settings would
+    # silently embed them another way, so it is refused naming both values.
+    client = chromadb.PersistentClient(str(tmp_path))
+    open_collection(
+        client, "docs", Qwen3EmbeddingFunction(embed_eos_path, instruction="Task A", max_length=64)
+    )
+    with pytest.raises(ConfigMismatchError, match=r"instruction='Task A'.*instruction='Task B'"):
+        open_collection(
+            client,
+            "docs",
+            Qwen3EmbeddingFunction(embed_eos_path, instruction="Task B", max_length=64),
+        )
+    with pytest.raises(ConfigMismatchError, match=r"max_length=64.*max_length=128"):
+        open_collection(
+            client,
+            "docs",
+            Qwen3EmbeddingFunction(embed_eos_path, instruction="Task A", max_length=128),
+        )
 
 
 _QUERY_SCRIPT = textwrap.dedent(
@@ -248,6 +275,7 @@ def count_loads():
         logger.setLevel(level)
 
 
+@pytest.mark.slow
 def test_collection_opened_without_a_function_loads_the_model_once(
     tmp_path, embed_eos_path, count_loads
 ):
@@ -276,6 +304,7 @@ def test_collection_opened_without_a_function_loads_the_model_once(
     np.testing.assert_array_equal(rebuilt.embed_query(["capital of China"])[0], want)
 
 
+@pytest.mark.slow
 def test_rebuilt_functions_are_kept_and_bounded(tmp_path, embed_eos_path, count_loads):
     model = _copy_checkpoint(embed_eos_path, tmp_path / "emb")
     config = Qwen3EmbeddingFunction(model, max_length=64).get_config()

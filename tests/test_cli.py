@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -120,6 +121,7 @@ def test_index_is_idempotent_and_tracks_changes(capsys, corpus, tmp_path, models
     assert any(m.get("page") == 1 for m in metas["metadatas"])  # the PDF was read
 
 
+@pytest.mark.slow
 def test_query_json_is_sorted_with_sources(capsys, corpus, tmp_path, models):
     db = tmp_path / "db"
     index(capsys, corpus, db, models)
@@ -191,15 +193,24 @@ def test_clear_errors_without_tracebacks(capsys, corpus, tmp_path, models, argv,
     assert message in err and "Traceback" not in err
 
 
-def test_a_bug_keeps_its_traceback(capsys, corpus, tmp_path, models, monkeypatch):
-    from qwen3_rag.cli import index as cli_index
+@pytest.mark.parametrize(
+    "error",
+    [
+        TypeError("a programming error"),
+        ValueError("cannot reshape array of size 6 into shape (5,)"),
+    ],
+)
+def test_a_bug_keeps_its_traceback(capsys, corpus, tmp_path, models, monkeypatch, error):
+    # A ValueError is not "bad input" unless the library raised it as its own error: a bug's
+    # keeps its traceback instead of becoming a one-line usage error (exit 2).
+    from qwen3_rag.indexing import plan
 
     def broken(path, chunk_size, chunk_overlap):
-        raise TypeError("a programming error")
+        raise error
 
-    monkeypatch.setattr(cli_index, "chunk_file", broken)
+    monkeypatch.setattr(plan, "chunk_file", broken)
     db = str(tmp_path / "db")
-    with pytest.raises(TypeError, match="a programming error"):
+    with pytest.raises(type(error), match=re.escape(str(error))):
         run_cli(capsys, "index", str(corpus), "--db", db, "--embedding-model", models["embed"])
 
 

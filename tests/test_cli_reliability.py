@@ -25,10 +25,11 @@ import pytest
 
 from qwen3_rag import __version__, cli
 from qwen3_rag.cli import common as cli_common
-from qwen3_rag.cli import index as cli_index
 from qwen3_rag.cli import main
 from qwen3_rag.core import EmbedderConfig, RerankerConfig
 from qwen3_rag.core.config import fields
+from qwen3_rag.indexing import local as local_engine
+from qwen3_rag.indexing import progress as progress_module
 
 #: Index options shared by every run here: small chunks, the eager kernel (fastest for the
 #: tiny model on a loaded CPU), short inputs.
@@ -110,7 +111,7 @@ def long_run(tmp_path_factory, embed_eos_path):
     ]  # fmt: skip
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
     first_write = wait_for_line(proc, "index:")
-    done = wait_for_line(proc, "done in")
+    done = wait_for_line(proc, "files read, done")
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     return argv, db, collection_state(db), done - first_write
@@ -139,16 +140,24 @@ def test_killed_runs_resume_to_the_uninterrupted_collection(long_run, tmp_path, 
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         # A random point of the indexing itself (each run resumes, so it has less to do).
         assert proc.stderr is not None
-        if not any("index:" in line for line in proc.stderr):  # the first batch is stored
+        seen = []  # kept: the first "index:" line of a run with little left can be its "done" line
+        for line in proc.stderr:
+            seen.append(line)
+            if "index:" in line:  # the first batch is stored
+                break
+        else:
             # An earlier kill landed after the last write: this run had nothing left to embed.
             assert proc.wait(timeout=120) == 0, f"seed {seed}, round {round_}"
             break
         time.sleep(rng.uniform(0.0, 0.9) * seconds * (1 - round_ / 5))
         proc.send_signal(sig)
-        _, err = proc.communicate(timeout=120)
+        _, rest = proc.communicate(timeout=120)
+        err = "".join(seen) + rest
         where = f"seed {seed}, round {round_}: rc {proc.returncode}\n{err}"
         assert "Traceback" not in err and "damaged" not in err, where
-        if proc.returncode == 0 or (proc.returncode == -signal.SIGTERM and "done in" in err):
+        if proc.returncode == 0 or (
+            proc.returncode == -signal.SIGTERM and "files read, done" in err
+        ):
             continue  # the signal came after the work was done
         if sig == signal.SIGTERM:
             # Handled like SIGINT: the write in flight finishes, the run says how to resume.
@@ -167,7 +176,7 @@ def test_killed_runs_resume_to_the_uninterrupted_collection(long_run, tmp_path, 
 def test_sigterm_stops_after_the_write_in_flight(capsys, tmp_path, model, monkeypatch):
     """In process: a SIGTERM during a write lets the write finish, then exits 1."""
     corpus = stdlib_corpus(tmp_path / "corpus", 3)
-    real_write = cli_index._Writer.write
+    real_write = local_engine._Writer.write
     calls = []
 
     def write_then_signal(self, *, drain=False):
@@ -177,7 +186,7 @@ def test_sigterm_stops_after_the_write_in_flight(capsys, tmp_path, model, monkey
             os.kill(os.getpid(), signal.SIGTERM)  # arrives while this batch is being stored
         return wrote
 
-    monkeypatch.setattr(cli_index._Writer, "write", write_then_signal)
+    monkeypatch.setattr(local_engine._Writer, "write", write_then_signal)
     previous = signal.getsignal(signal.SIGTERM)
     code, _, err = index_json(capsys, [corpus], tmp_path / "db", model)
     assert code == 1 and f"stopped by SIGTERM after writing {calls[0]} chunks" in err
@@ -242,8 +251,8 @@ def test_many_small_files_are_written_in_few_batches(capsys, tmp_path, model, mo
     monkeypatch.setattr(Collection, "add", counting_add)
     code, stats, _ = index_json(capsys, [corpus], tmp_path / "db", model)
     assert code == 0 and stats["new"] == 300 and sum(adds) == 300
-    assert len(adds) <= 300 // cli_index.FIRST_WRITE_BATCH + 1  # one write per file before
-    assert max(adds) <= cli_index.MAX_WRITE_BATCH
+    assert len(adds) <= 300 // local_engine.FIRST_WRITE_BATCH + 1  # one write per file before
+    assert max(adds) <= local_engine.MAX_WRITE_BATCH
 
 
 # -- #18 item 2: stale chunks, symlinks, prune -----------------------------------------------------
@@ -350,6 +359,7 @@ def test_model_flags_come_from_the_config(command, cls):
 
 
 # -- #10 item 4: model folders stored as absolute paths --------------------------------------------
+@pytest.mark.slow
 def test_relative_model_path_works_from_any_cwd(
     capsys, tmp_path, model, monkeypatch, reranker_path
 ):
@@ -419,6 +429,7 @@ def test_missing_cli_extra_is_one_line(capsys, tmp_path, monkeypatch, module):
 
 
 # -- #10 item 11, #11: quiet libraries, restored afterwards ----------------------------------------
+@pytest.mark.slow
 def test_library_noise_is_hidden_by_default_and_settings_restored(capsys, tmp_path, model):
     from test_cli import minimal_pdf
     from transformers.utils import logging as hf_logging
@@ -451,13 +462,14 @@ def test_library_noise_is_hidden_by_default_and_settings_restored(capsys, tmp_pa
 
 
 # -- #10 item 5: progress inside a large file ------------------------------------------------------
+@pytest.mark.slow
 def test_progress_counts_chunks_inside_one_large_file(capsys, tmp_path, model, monkeypatch):
     lib = Path(sysconfig.get_paths()["stdlib"])
     corpus = tmp_path / "big"
     corpus.mkdir()
     (corpus / "big.txt").write_text((lib / "argparse.py").read_text()[:60_000])
-    monkeypatch.setattr(cli_index, "PROGRESS_SECONDS", 0.0)
-    monkeypatch.setattr(cli_index, "TARGET_BATCH_SECONDS", 0.2)
+    monkeypatch.setattr(progress_module, "PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(local_engine, "TARGET_BATCH_SECONDS", 0.2)
     code, _out, err = run_cli(
         capsys,
         "index",
@@ -474,7 +486,7 @@ def test_progress_counts_chunks_inside_one_large_file(capsys, tmp_path, model, m
     lines = [line for line in err.splitlines() if line.startswith("index:")]
     written = [int(line.split()[1].replace(",", "")) for line in lines]
     assert len(set(written)) >= 4 and written == sorted(written)  # several updates in one file
-    assert all("chunks/s" in line and ("ETA" in line or "done in" in line) for line in lines)
+    assert all("chunks/s" in line and ("ETA" in line or line.endswith(", done")) for line in lines)
     assert "1/1 files read" in lines[1] and "ETA" in lines[1]
 
 
@@ -574,6 +586,7 @@ def test_every_command_with_progress_takes_the_same_quiet_and_verbose_flags():
         assert flags["-q"] is flags["--quiet"] and flags["-v"] is flags["--verbose"], name
 
 
+@pytest.mark.slow
 def test_finetune_quiet_shows_no_progress_bar(capsys, tmp_path, embed_eos_path):
     data = tmp_path / "train.jsonl"
     rows = [{"query": f"what does step {i} do", "pos": [f"step {i} adds {i}"]} for i in range(4)]

@@ -167,6 +167,7 @@ def test_async_compress_equals_sync(rerank):
     assert got == sync
 
 
+@pytest.mark.slow
 def test_chroma_store_retriever_and_compression_pipeline(embeddings, rerank, tmp_path):
     from langchain_chroma import Chroma
     from langchain_classic.retrievers import ContextualCompressionRetriever

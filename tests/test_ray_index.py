@@ -2,7 +2,8 @@
 
 One Ray head (``ray start --head --block``) and one ``chroma run`` server are shared by the
 module: Ray's start-up is the slow part on 2 cores. Every run joins that head with
-``--ray-address``; the README test runs the command without it (a local Ray of its own).
+``--ray-address``, except the killed-driver clean-up test and the README test, which run the
+command without it (a local Ray of their own).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,10 +39,8 @@ def chroma_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def ray_address() -> Iterator[str]:
     """A local Ray head for the module; `--block` keeps it in the foreground, so it is ours to stop."""
-    # Token authentication, as Ray's default for new clusters, with a token of the test's own
-    # (not ~/.ray/auth_token): the head, the drivers in this process and their subprocesses.
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=uuid.uuid4().hex)
+    # Token authentication: conftest sets RAY_AUTH_MODE and RAY_AUTH_TOKEN before Ray is imported.
+    assert os.environ.get("RAY_AUTH_MODE") == "token" and os.environ.get("RAY_AUTH_TOKEN")
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -72,11 +70,6 @@ def ray_address() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def write_corpus(folder: Path) -> Path:
@@ -142,7 +135,7 @@ def test_ray_builds_the_single_process_collection_and_tracks_changes(
 ):
     # Two batches at a time per worker, as on a GPU worker: one's upsert beside the next's
     # forward, and the results must not change.
-    monkeypatch.setattr("qwen3_rag.distributed.workers.CALLS_PER_CPU_WORKER", 2)
+    monkeypatch.setattr("qwen3_rag.indexing.ray_workers.CALLS_PER_CPU_WORKER", 2)
     docs = write_corpus(tmp_path / "docs")
     base = [str(docs), "--chroma-url", chroma_url, "--embedding-model", embed_eos_path]
     ray = [*base, "--collection", "by-ray", "--engine", "ray", "--ray-address", ray_address]
@@ -196,7 +189,7 @@ def test_progress_counts_chunks_read_embedded_and_written_from_the_driver(
     n, files = stats["new"], stats["files"] + stats["skipped"]
     final = (
         f"index: {stats['chunks']:,} chunks read, {n:,} embedded, {n:,} written, "
-        rf"[\d,.]+ chunks/s, {files}/{files} files read, done in \S+"
+        rf"[\d,.]+ chunks/s, {files}/{files} files read, done"
     )
     assert lines and re.fullmatch(final, lines[-1]), captured.err
 
@@ -250,6 +243,8 @@ def test_a_killed_worker_is_replaced_and_the_collection_is_complete(
             proc.wait()
     assert killed is not None, f"no worker seen mid-run:\n{err}"
     assert proc.returncode == 0, err
+    # Ray's own C++ log lines (`core_worker.cc:NNN: ... max_restarts`) stay hidden without -v.
+    assert not re.search(r"\w+\.cc:\d+", err), err
     stats = json.loads(out)
     # The kill came while chunks were still to be written, and none of them is missing.
     assert written_at_kill < stats["new"] == reference["chunks"]
@@ -317,6 +312,64 @@ def test_a_driver_killed_mid_run_and_started_again_finishes_the_same_collection(
     assert again["unchanged"] > 0 and again["removed"] == 0
     assert again["collection_count"] == reference["collection_count"]
     assert_same(snapshot(chroma_url, "driver-killed"), snapshot(chroma_url, "driver-ref"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_a_local_ray_left_by_a_killed_driver_is_stopped_by_the_next_run(
+    capsys, tmp_path, embed_eos_path, chroma_url
+):
+    """No --ray-address: the driver starts a local Ray; SIGKILLed, it cannot stop it."""
+    from qwen3_rag.indexing import ray_processes
+
+    docs = _long_corpus(tmp_path / "docs")
+    argv = [str(docs), "--chroma-url", chroma_url, "--embedding-model", embed_eos_path]
+    argv += ["--collection", "local-killed", "--engine", "ray", "--batch-size", "2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qwen3_rag", "index", *argv, *COMMON],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    record = ray_processes._sessions_dir() / f"{proc.pid}.json"
+    port = int(chroma_url.rsplit(":", 1)[1])
+    import chromadb
+
+    client = chromadb.HttpClient(host="127.0.0.1", port=port)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if record.exists() and _count(client, "local-killed") > 0:
+                session = json.loads(record.read_text(encoding="utf-8"))["session"]
+                proc.kill()  # SIGKILL: the driver's atexit clean-up never runs
+                break
+            time.sleep(0.05)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before the kill:\n{err}"
+    assert record.exists()  # the killed driver's record stays for the next run to find
+    left_by_kill = ray_processes.session_processes(session)
+
+    # The next run (any local Ray) stops what is left of that session and finishes the
+    # collection.
+    again = index(capsys, *argv)
+    assert again["unchanged"] > 0 and again["unchanged"] + again["new"] == again["chunks"]
+    assert not record.exists()
+    deadline = time.monotonic() + 30
+    while ray_processes.session_processes(session) and time.monotonic() < deadline:
+        time.sleep(0.5)  # SIGKILLed processes disappear once reaped by their parent
+    left = [_cmdline(pid) for pid in ray_processes.session_processes(session)]
+    assert left == [], (left, left_by_kill)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return f"{pid} (gone)"
 
 
 @pytest.mark.slow
@@ -392,7 +445,8 @@ def test_the_python_api_reports_bad_input_as_value_errors(tmp_path, embed_eos_pa
         ValueError, match=r"cannot reach the Chroma server at http://127\.0\.0\.1:9"
     ):
         index_with_ray([str(docs)], "http://127.0.0.1:9", embedding_model=embed_eos_path)
-    with pytest.raises(ValueError, match="--chunk-overlap must be from 0"):
+    # The Python API names its keyword (the CLI says --chunk-overlap).
+    with pytest.raises(ValueError, match="chunk_overlap must be from 0"):
         index_with_ray([str(docs)], "http://127.0.0.1:9", chunk_size=10, chunk_overlap=10)
     with pytest.raises(TypeError, match="unknown embedding option"):
         index_with_ray([str(docs)], "http://127.0.0.1:9", trust_remote_code=True)

@@ -92,7 +92,17 @@ def _serve(*args: str) -> tuple[str, subprocess.Popen]:
 
 @pytest.fixture(scope="module")
 def server(embed_eos_path: str, reranker_path: str) -> Iterator[str]:
-    url, proc = _serve("--embedding-model", embed_eos_path, "--reranker-model", reranker_path)
+    # Served under its path, as the README says for a local folder: a Chroma collection filled
+    # through the server records a model that reopens in-process (the default name, the
+    # folder's own name, would not load here).
+    url, proc = _serve(
+        "--embedding-model",
+        embed_eos_path,
+        "--served-model-name",
+        embed_eos_path,
+        "--reranker-model",
+        reranker_path,
+    )
     try:
         yield url
     finally:
@@ -236,7 +246,9 @@ def test_llamaindex_adapters_take_the_clients(server, local_embedder, local_rera
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_chroma_collection_with_the_remote_embedder(server, local_embedder, tmp_path):
+def test_chroma_collection_with_the_remote_embedder(
+    server, local_embedder, embed_eos_path, tmp_path
+):
     import chromadb
 
     from qwen3_rag.integrations.chroma import Qwen3EmbeddingFunction, open_collection
@@ -262,7 +274,9 @@ def test_chroma_collection_with_the_remote_embedder(server, local_embedder, tmp_
     assert np.array_equal(function.embed_query([QUERIES[0]])[0], local_embedder.embed_queries(
         [QUERIES[0]])[0])  # fmt: skip
     config = function.get_config()
-    assert config["model"] == function.embedder.model_name
+    assert config["model"] == function.embedder.model_name == embed_eos_path
+    stored = collection.configuration_json["embedding_function"]
+    assert stored["name"] == "qwen3_rag" and stored["config"] == config
     assert config["dimensions"] == local_embedder.output_dimensions
     # Reopened with the same function: the stored config matches.
     assert open_collection(client, "docs", function).count() == len(DOCS)
@@ -421,7 +435,7 @@ def test_the_key_stays_out_of_repr_and_pickles_rebuild_the_connection():
 
 
 def test_base64_decoding_is_bit_exact():
-    from qwen3_rag.remote import _vector
+    from qwen3_rag.remote.clients import _vector
 
     values = np.random.default_rng(0).standard_normal(1024).astype(np.float32)
     encoded = base64.b64encode(values.astype("<f4").tobytes()).decode()

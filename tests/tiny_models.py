@@ -12,14 +12,17 @@ are meaningless)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3Model
+from transformers.utils import logging as hf_logging
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
 VOCAB_SIZE = 151669  # Qwen3's embedding rows (151643 BPE tokens + 26 added tokens)
@@ -86,6 +89,18 @@ def write_tokenizer(path: Path, *, eos_postprocessor: bool) -> None:
         (path / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
 
 
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """transformers' progress bars off, then back as they were (the setting is process-wide)."""
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
 def build_checkpoint(
     path: Path,
     kind: str,
@@ -110,7 +125,8 @@ def build_checkpoint(
     )
     torch.manual_seed(seed)
     model = Qwen3Model(config) if kind == "embedding" else Qwen3ForCausalLM(config)
-    model.save_pretrained(path, safe_serialization=True)
+    with _no_progress_bars():  # no "Writing model shards" bar for a one-file checkpoint
+        model.save_pretrained(path, safe_serialization=True)
     write_tokenizer(path, eos_postprocessor=eos_postprocessor)
     return path
 

@@ -18,7 +18,9 @@ import sys
 from collections.abc import Sequence
 
 from qwen3_rag.cli.common import (
+    EXIT_DAMAGED,
     EXIT_INTERRUPTED,
+    EXIT_STORAGE,
     EXIT_USAGE,
     CliError,
     Interrupted,
@@ -27,6 +29,7 @@ from qwen3_rag.cli.common import (
     quiet_libraries,
 )
 from qwen3_rag.core import Qwen3RagError
+from qwen3_rag.indexing.errors import StoreDamagedError, StoreNotWritableError
 
 #: The modules that add subcommands, in ``--help`` order. Each has ``register(subparsers)``
 #: and imports its heavy dependencies (FastAPI, Ray, peft...) only when its command runs, so
@@ -40,6 +43,13 @@ COMMAND_MODULES = (
     "qwen3_rag.cli.mine",
     "qwen3_rag.cli.merge",
 )
+
+
+#: Library errors with an exit status of their own; every other Qwen3RagError is "bad input".
+_EXIT_CODES: dict[type[BaseException], int] = {
+    StoreDamagedError: EXIT_DAMAGED,
+    StoreNotWritableError: EXIT_STORAGE,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,15 +80,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         except CliError as e:
             logger.error("%s", e)
             return e.code
-        # ValueError is what the runtime raises for a bad option value (a --dimensions out of
-        # range for this model, an unknown --device), so it is the user's to fix; anything else
-        # is a bug and keeps its traceback.
-        except (Qwen3RagError, ValueError) as e:
-            logger.error("%s", e)
-            return EXIT_USAGE
         except Interrupted as e:
             logger.error("%s; run the same command again to resume", e)
             return EXIT_INTERRUPTED
+        # The library's own errors are the user's to fix (a bad option or input, a model that
+        # cannot load, a store that cannot be used): one line. Anything else, a ValueError
+        # included, is a bug and keeps its traceback.
+        except Qwen3RagError as e:
+            logger.error("%s", e)
+            return _EXIT_CODES.get(type(e), EXIT_USAGE)
         except KeyboardInterrupt:
             logger.error("interrupted; run the same command again to resume")
             return EXIT_INTERRUPTED

@@ -10,19 +10,50 @@ import argparse
 import contextlib
 import importlib
 import logging
-import signal
 import sys
-import threading
 import typing
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from qwen3_rag.core import (
-    RuntimeConfig,
-)
+from qwen3_rag.core import ModelLoadError, RuntimeConfig
 from qwen3_rag.core.config import fields as config_fields
+
+# The library's own helpers, re-exported for the commands: one home each.
+from qwen3_rag.indexing.errors import IndexingError, Interrupted
+from qwen3_rag.indexing.options import (
+    DEFAULT_CHUNK_OVERLAP,
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_COLLECTION,
+    DEFAULT_DB,
+    StoreOptions,
+    model_reference,
+)
+from qwen3_rag.indexing.progress import StopRequest, deferred_stop, format_duration
+
+__all__ = [
+    "EXIT_DAMAGED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_STORAGE",
+    "EXIT_USAGE",
+    "CliError",
+    "Interrupted",
+    "StopRequest",
+    "add_chunk_flags",
+    "add_config_flags",
+    "add_output_flags",
+    "add_store_flags",
+    "check_options",
+    "deferred_stop",
+    "format_duration",
+    "given_options",
+    "model_hint",
+    "model_reference",
+    "out",
+    "rebuild_hint",
+    "require",
+    "store_options",
+]
 
 logger = logging.getLogger("qwen3_rag.cli")
 
@@ -32,7 +63,8 @@ EXIT_USAGE = 2
 EXIT_DAMAGED = 3
 EXIT_STORAGE = 4
 
-CLI_INSTALL = 'pip install "qwen3-rag[cli]"'
+#: The extra that installs the indexing commands' dependencies (Chroma, the splitter, pypdf).
+CLI_EXTRA = "cli"
 
 
 class CliError(Exception):
@@ -43,22 +75,29 @@ class CliError(Exception):
         self.code = code
 
 
-class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived; raised between writes, so every finished write is kept."""
-
-
 def out(text: str = "") -> None:
     """Print a result line on stdout (progress and errors go to stderr)."""
     sys.stdout.write(text + "\n")
 
 
-def require(*modules: str) -> None:
-    """Import the CLI's optional dependencies, or fail with the install line to run."""
+def install_line(extra: str) -> str:
+    """The pip line that installs an extra, e.g. ``pip install "qwen3-rag[train]"``."""
+    return f'pip install "qwen3-rag[{extra}]"'
+
+
+def require(*modules: str, extra: str = CLI_EXTRA, what: str = "the CLI") -> None:
+    """Import optional dependencies, or fail (one line, exit 2) naming the extra that has them.
+
+    Args:
+        *modules: Module names to import.
+        extra: The extra of ``pyproject.toml`` that installs them.
+        what: What needs them, for the message ("fine-tuning", "--eval"...).
+    """
     for name in modules:
         try:
             importlib.import_module(name)
         except ImportError as e:
-            raise CliError(f"{name} is not installed; the CLI needs: {CLI_INSTALL}") from e
+            raise CliError(f"{name} is not installed; {what} needs: {install_line(extra)}") from e
 
 
 # -- model options, from the one declaration in core/config.py -----------------------------
@@ -148,52 +187,6 @@ def check_options(cls: type[RuntimeConfig], options: dict[str, Any]) -> None:
         raise CliError(f"bad option: {e}") from e
 
 
-def model_reference(model: str) -> str:
-    """A local folder as its absolute resolved path (stored so any cwd finds it); hub ids as is."""
-    path = Path(model).expanduser()
-    return str(path.resolve()) if path.exists() else model
-
-
-# -- signals and progress ------------------------------------------------------------------
-@dataclass
-class StopRequest:
-    """Set by SIGINT/SIGTERM; the index loop stops after the write in flight."""
-
-    signal_name: str | None = None
-
-
-@contextlib.contextmanager
-def deferred_stop() -> Iterator[StopRequest]:
-    """Handle SIGINT and SIGTERM by finishing the current write, then stopping.
-
-    A second signal stops at once (``KeyboardInterrupt``). The previous handlers come back on
-    exit. Outside the main thread signals cannot be handled, and the defaults stay.
-    """
-    stop = StopRequest()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        if stop.signal_name is not None:
-            raise KeyboardInterrupt
-        stop.signal_name = signal.Signals(signum).name
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-def format_duration(seconds: float) -> str:
-    """``M:SS``, or ``H:MM:SS`` from an hour on."""
-    seconds = round(seconds)
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
-
-
 class _StderrHandler(logging.Handler):
     """Writes to whatever ``sys.stderr`` is at the time, so redirections are honoured."""
 
@@ -252,3 +245,62 @@ def quiet_libraries(verbose: bool) -> Iterator[None]:
             hf_logging.disable_progress_bar()
         hf_logging.set_verbosity(verbosity)
         pypdf.setLevel(pypdf_level)
+
+
+@contextlib.contextmanager
+def model_hint(flag: str, make_variable: str) -> Iterator[None]:
+    """Add the CLI's ways to a model-loading error: a local folder, offline use, ``make demo``."""
+    try:
+        yield
+    except ModelLoadError as e:
+        raise CliError(
+            f"{e} [CLI: {flag} /path/to/folder uses a local copy; --local-files-only or "
+            f"HF_HUB_OFFLINE=1 uses only the cache; make demo: {make_variable}=/path/to/folder]"
+        ) from e
+
+
+# -- the store and chunk flags: one declaration for every command that takes them ----------
+def add_store_flags(
+    parser: Any,
+    *,
+    db_help: str = f"embedded Chroma folder (default: {DEFAULT_DB})",
+    url_help: str = "Chroma server, e.g. http://localhost:8000",
+    collection_default: str | None = DEFAULT_COLLECTION,
+) -> None:
+    """``--db`` or ``--chroma-url``, and ``--collection`` (its default from the library)."""
+    store = parser.add_mutually_exclusive_group()
+    store.add_argument("--db", default=None, help=db_help)
+    store.add_argument("--chroma-url", default=None, help=url_help)
+    shown = f" (default: {collection_default})" if collection_default else ""
+    parser.add_argument("--collection", default=collection_default, help=f"collection name{shown}")
+
+
+def store_options(args: argparse.Namespace) -> StoreOptions:
+    """The :class:`~qwen3_rag.indexing.StoreOptions` of the store flags; bad ones exit 2."""
+    try:
+        return StoreOptions(
+            db=args.db, chroma_url=args.chroma_url, collection=args.collection or DEFAULT_COLLECTION
+        )
+    except IndexingError as e:
+        raise CliError(str(e).replace("chroma_url", "--chroma-url", 1)) from e
+
+
+def add_chunk_flags(parser: Any) -> None:
+    """``--chunk-size`` and ``--chunk-overlap``, with the library's defaults."""
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=DEFAULT_CHUNK_SIZE,
+        help=f"characters per chunk (default: {DEFAULT_CHUNK_SIZE})",
+    )
+    parser.add_argument(
+        "--chunk-overlap",
+        type=int,
+        default=DEFAULT_CHUNK_OVERLAP,
+        help=f"characters shared by neighbouring chunks (default: {DEFAULT_CHUNK_OVERLAP})",
+    )
+
+
+def rebuild_hint(paths: list[str] | None, store: StoreOptions) -> str:
+    """The command that recreates a damaged store, as its error says it."""
+    return f"qwen3-rag index {' '.join(paths or ['PATH'])} {store.where} --rebuild"

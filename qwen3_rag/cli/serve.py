@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
-from pathlib import Path
+import sys
 from typing import Any
 
 from qwen3_rag.cli.common import (
@@ -13,12 +14,16 @@ from qwen3_rag.cli.common import (
     SHARED_OPTIONS,
     CliError,
     add_config_flags,
+    add_store_flags,
     check_options,
     given_options,
+    model_hint,
     model_reference,
     out,
+    rebuild_hint,
+    require,
+    store_options,
 )
-from qwen3_rag.cli.store import DEFAULT_COLLECTION, model_hint
 from qwen3_rag.core import EmbedderConfig, RerankerConfig
 
 SERVER_INSTALL = 'pip install "qwen3-rag[server]"'
@@ -32,6 +37,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         from qwen3_rag.server import Models, ServerOptions, create_app
+        from qwen3_rag.server.http import head_timeout_protocol
     except ImportError as e:
         raise CliError(f"{e.name} is not installed; the server needs: {SERVER_INSTALL}") from e
     store = args.db is not None or args.chroma_url is not None
@@ -47,8 +53,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise CliError(
                 f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}"
             )
-    if args.max_body_mb <= 0 or args.timeout <= 0:
-        raise CliError("--max-body-mb and --timeout must be positive")
+    if args.max_body_mb <= 0 or args.timeout <= 0 or args.read_timeout <= 0:
+        raise CliError("--max-body-mb, --timeout and --read-timeout must be positive")
+    for origin in args.cors_origin:
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            raise CliError(
+                f"--cors-origin {origin!r} is not an origin: give scheme and host, such as "
+                "https://app.example.com (or '*' for any)"
+            )
+    for flag in ("served_model_name", "reranker_served_model_name"):
+        name = getattr(args, flag)
+        if name is not None and not name.strip():
+            raise CliError(f"--{flag.replace('_', '-')} is empty")
     embed_options = given_options(args, EmbedderConfig)
     check_options(EmbedderConfig, embed_options)
     rerank_options = {
@@ -62,113 +78,166 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Chroma is opened now, so a wrong folder or URL fails before any model loads.
     collection_args = _open_store(args, embed_options) if store else None
 
-    def load() -> Any:
-        from qwen3_rag.core import Qwen3Embedder, Qwen3Reranker
-
-        embedder = reranker = collection = None
-        if collection_args is not None:
-            from qwen3_rag.cli.store import embedder_for_query
-
-            client, stored = collection_args
-            embedder = embedder_for_query(args, stored)
-            collection = client.get_collection(args.collection, embedding_function=None)
-        elif args.embedding_model is not None:
-            with model_hint("--embedding-model", "EMBED_MODEL"):
-                embedder = Qwen3Embedder(
-                    model_reference(args.embedding_model), show_progress=False, **embed_options
-                )
-        if args.reranker_model is not None:
-            with model_hint("--reranker-model", "RERANK_MODEL"):
-                reranker = Qwen3Reranker(
-                    model_reference(args.reranker_model), show_progress=False, **rerank_options
-                )
-        out(f"models loaded; serving on http://{args.host}:{args.port}")
-        return Models(
-            embedder=embedder,
-            reranker=reranker,
-            collection=collection,
-            collection_name=args.collection if collection is not None else None,
-        )
-
-    options = ServerOptions(
-        api_key=api_key,
-        max_body_bytes=int(args.max_body_mb * 2**20),
-        max_inputs=args.max_inputs,
-        max_request_tokens=args.max_request_tokens,
-        timeout=args.timeout,
-        max_queue=args.max_queue,
-        max_batch_requests=args.max_batch_requests,
-    )
-    failed: list[BaseException] = []
-    server: Any = None
-
-    def on_load_error(error: BaseException) -> None:
-        failed.append(error)
-        if server is not None:
-            server.should_exit = True
-
-    app = create_app(load, options, on_load_error=on_load_error)
-    config = uvicorn.Config(
-        app,
-        host=args.host,
-        port=args.port,
-        # uvicorn's access log names paths and statuses, never bodies; still off unless asked.
-        access_log=args.access_log,
-        log_level="info" if args.verbose else "warning",
-        timeout_graceful_shutdown=None,  # SIGTERM: finish every request in flight
-    )
-    server = uvicorn.Server(config)
-    out(f"loading the models; http://{args.host}:{args.port}/health answers 200 when ready")
-    # uvicorn handles SIGINT/SIGTERM while it runs (stop listening, finish the requests in
-    # flight), then raises the signal again for the handler it found; that handler notes it, so
-    # a drained server exits with status 0 instead of dying by the signal.
-    stopped_by: list[int] = []
-    previous = {
-        s: signal.signal(s, lambda signum, frame: stopped_by.append(signum))
-        for s in (signal.SIGINT, signal.SIGTERM)
-    }
+    # Closed when serving ends, however it ends: the read lock is released in this process.
     try:
-        server.run()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    if stopped_by:
-        out(
-            f"stopped by {signal.Signals(stopped_by[0]).name}; the requests in flight were answered"
+
+        def load() -> Any:
+            from qwen3_rag.core import Qwen3Embedder, Qwen3Reranker
+
+            embedder = reranker = collection = None
+            if collection_args is not None:
+                opened, (model, options) = collection_args
+                with model_hint("--embedding-model", "EMBED_MODEL"):
+                    embedder = Qwen3Embedder(model, show_progress=False, **options)
+                collection = opened.collection()
+            elif args.embedding_model is not None:
+                with model_hint("--embedding-model", "EMBED_MODEL"):
+                    embedder = Qwen3Embedder(
+                        model_reference(args.embedding_model), show_progress=False, **embed_options
+                    )
+            if args.reranker_model is not None:
+                with model_hint("--reranker-model", "RERANK_MODEL"):
+                    reranker = Qwen3Reranker(
+                        model_reference(args.reranker_model), show_progress=False, **rerank_options
+                    )
+            out(f"models loaded; serving on http://{args.host}:{args.port}")
+            return Models(
+                embedder=embedder,
+                reranker=reranker,
+                collection=collection,
+                collection_name=args.collection if collection is not None else None,
+            )
+
+        options = ServerOptions(
+            api_key=api_key,
+            max_body_bytes=int(args.max_body_mb * 2**20),
+            max_inputs=args.max_inputs,
+            max_request_tokens=args.max_request_tokens,
+            timeout=args.timeout,
+            max_queue=args.max_queue,
+            max_batch_requests=args.max_batch_requests,
+            read_timeout=args.read_timeout,
+            cors_origins=tuple(args.cors_origin),
+            served_model_name=args.served_model_name,
+            reranker_served_model_name=args.reranker_served_model_name,
         )
-    if failed:
-        error = failed[0]
-        if isinstance(error, CliError):
-            raise error
-        raise CliError(f"loading the models failed: {error}") from error
-    if not server.started:
-        raise CliError(f"could not listen on {args.host}:{args.port} (see the error above)")
-    return EXIT_OK
+        failed: list[BaseException] = []
+        server: Any = None
+
+        def on_load_error(error: BaseException) -> None:
+            failed.append(error)
+            if server is not None:
+                server.should_exit = True
+
+        _check_port(args.host, args.port)
+        app = create_app(load, options, on_load_error=on_load_error)
+        config = uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            http=head_timeout_protocol(args.read_timeout),
+            # The app writes its own access log (with the request id); uvicorn's stays off.
+            access_log=False,
+            log_level="info" if args.verbose else "warning",
+            timeout_graceful_shutdown=None,  # SIGTERM: finish every request in flight
+        )
+        server = uvicorn.Server(config)
+        if args.access_log:
+            _log_access()
+        out(f"loading the models; http://{args.host}:{args.port}/health answers 200 when ready")
+        # uvicorn handles SIGINT/SIGTERM while it runs (stop listening, finish the requests in
+        # flight), then raises the signal again for the handler it found; that handler notes it, so
+        # a drained server exits with status 0 instead of dying by the signal.
+        stopped_by: list[int] = []
+        previous = {
+            s: signal.signal(s, lambda signum, frame: stopped_by.append(signum))
+            for s in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            server.run()
+        except SystemExit as e:
+            # uvicorn exits (status 3) when it cannot bind; the port was free a moment ago.
+            if server.started:
+                raise
+            raise CliError(f"could not listen on {args.host}:{args.port}: the bind failed") from e
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        if stopped_by:
+            out(
+                f"stopped by {signal.Signals(stopped_by[0]).name}; "
+                "the requests in flight were answered"
+            )
+        if failed:
+            error = failed[0]
+            if isinstance(error, CliError):
+                raise error
+            raise CliError(f"loading the models failed: {error}") from error
+        if not server.started:
+            raise CliError(f"could not listen on {args.host}:{args.port} (see the error above)")
+        return EXIT_OK
+    finally:
+        if collection_args is not None:
+            collection_args[0].close()
 
 
-def _open_store(args: argparse.Namespace, embed_options: dict[str, Any]) -> tuple[Any, Any]:
-    """The Chroma client and the collection's stored embedder settings; checks they agree."""
-    from qwen3_rag.cli.common import require
-    from qwen3_rag.cli.store import _mismatch, open_client, storage_errors, stored_config
+def _check_port(host: str, port: int) -> None:
+    """Fail at once, one line, when the address cannot be bound (in use, not this machine's)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise CliError(f"cannot listen on {host}:{port}: {e.strerror}") from e
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # As uvicorn binds: SO_REUSEADDR, so a port in TIME_WAIT is not reported as busy.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as e:
+            raise CliError(
+                f"cannot listen on {host}:{port}: {e.strerror}; choose another --port"
+            ) from e
+
+
+def _log_access() -> None:
+    """The access log on stderr at INFO, whatever the level of the other logs (-v or not)."""
+    from qwen3_rag.server.app import access_logger
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s access: %(message)s"))
+    access_logger.addHandler(handler)
+    access_logger.setLevel(logging.INFO)
+    access_logger.propagate = False  # one line, not a second copy through the package's handler
+
+
+def _open_store(
+    args: argparse.Namespace, embed_options: dict[str, Any]
+) -> tuple[Any, tuple[str, dict[str, Any]]]:
+    """The store to search (open, read-locked while serving) and its embedder's settings.
+
+    The collection's stored settings decide the embedder; given ones must match them (the
+    library's one check, :func:`~qwen3_rag.indexing.store.embedder_settings`).
+    """
+    from qwen3_rag.indexing import open_store
+    from qwen3_rag.indexing.store import embedder_settings
 
     require("chromadb")
-    args.db = os.path.abspath(os.path.expanduser(args.db)) if args.db else None
-    hint = f"qwen3-rag index PATH --db {args.db} --rebuild" if args.db else "qwen3-rag index"
-    client = open_client(args, write=False, rebuild_hint=hint)
-    with storage_errors(None if args.db is None else Path(args.db), hint):
-        stored = stored_config(client, args.collection)
-    if stored is None:
-        raise CliError(
-            f"collection {args.collection!r} does not exist; run `qwen3-rag index PATH` first"
-        )
-    for key in ("max_length", "instruction", "dimensions"):
-        if (
-            key in embed_options
-            and stored.get(key) is not None
-            and embed_options[key] != stored[key]
-        ):
-            raise _mismatch(args.collection, key, stored[key], embed_options[key])
-    return client, stored
+    where = store_options(args)
+    opened = open_store(where, write=False, rebuild_hint=rebuild_hint(None, where))
+    try:
+        with opened.errors():
+            stored = opened.stored_config()
+        if stored is None:
+            raise CliError(
+                f"collection {where.collection!r} does not exist; run `qwen3-rag index PATH` first"
+            )
+        settings = embedder_settings(where.collection, stored, args.embedding_model, embed_options)
+    except BaseException:
+        opened.close()
+        raise
+    return opened, settings
 
 
 def register(sub: Any) -> None:
@@ -183,13 +252,8 @@ def register(sub: Any) -> None:
     )
     serve.add_argument("--embedding-model", default=None, help="hub id or local folder")
     serve.add_argument("--reranker-model", default=None, help="hub id or local folder")
-    store = serve.add_mutually_exclusive_group()
-    store.add_argument("--db", default=None, help="embedded Chroma folder to search")
-    store.add_argument("--chroma-url", default=None, help="Chroma server to search")
-    serve.add_argument(
-        "--collection",
-        default=DEFAULT_COLLECTION,
-        help=f"collection name (default: {DEFAULT_COLLECTION})",
+    add_store_flags(
+        serve, db_help="embedded Chroma folder to search", url_help="Chroma server to search"
     )
     serve.add_argument(
         "--host",
@@ -222,6 +286,13 @@ def register(sub: Any) -> None:
         help="seconds a request may wait for its result, then 504 (default: 300)",
     )
     limits.add_argument(
+        "--read-timeout",
+        type=float,
+        default=60,
+        help="seconds a client may take to send its request head, and its body; then 408 "
+        "(default: 60)",
+    )
+    limits.add_argument(
         "--max-queue",
         type=int,
         default=256,
@@ -235,7 +306,27 @@ def register(sub: Any) -> None:
         "off (default: 64)",
     )
     serve.add_argument(
-        "--access-log", action="store_true", help="log each request's path and status"
+        "--access-log",
+        action="store_true",
+        help="log each request's method, path, status, time and x-request-id (never its body)",
+    )
+    serve.add_argument(
+        "--served-model-name",
+        default=None,
+        help="the embedding model's name in answers (/v1/models, /health, 'model' fields; "
+        "default: the hub id, or a local folder's own name, never its path)",
+    )
+    serve.add_argument(
+        "--reranker-served-model-name",
+        default=None,
+        help="the same for the reranker",
+    )
+    serve.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let browser pages from ORIGIN call the API (repeatable; '*' for any; default: none)",
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="library and server logs")
     add_config_flags(

@@ -14,20 +14,26 @@ from qwen3_rag.cli.common import (
     EXIT_OK,
     CliError,
     Interrupted,
+    add_chunk_flags,
     add_config_flags,
     add_output_flags,
+    add_store_flags,
     check_options,
     deferred_stop,
     format_duration,
     given_options,
     logger,
+    model_hint,
     model_reference,
     out,
+    rebuild_hint,
     require,
+    store_options,
 )
-from qwen3_rag.cli.store import DEFAULT_COLLECTION, model_hint
 from qwen3_rag.core import DEFAULT_EMBEDDING_MODEL, EmbedderConfig, Qwen3Embedder
 from qwen3_rag.core.spec import DEFAULT_TASK
+from qwen3_rag.indexing.errors import IndexingError
+from qwen3_rag.indexing.options import check_chunking
 
 #: Seconds between progress lines when stderr is not a terminal.
 PROGRESS_SECONDS = 5.0
@@ -74,18 +80,19 @@ class _Progress:
         self.last = now
         elapsed = max(now - self.started, 1e-9)
         rate = done / elapsed
-        eta = (
-            f"done in {format_duration(elapsed)}"
-            if final
-            else (f"ETA {format_duration((total - done) / rate)}" if rate > 0 else "ETA ?")
-        )
-        line = f"synth: {done:,}/{total:,} queries, {rate:,.2f}/s, {eta}"
+        line = f"synth: {done:,}/{total:,} queries, {rate:,.2f}/s"
+        # As index's lines: "done" at the end (the summary line gives the run's one duration),
+        # and no ETA before a query has finished.
+        if final:
+            line += ", done"
+        elif rate > 0:
+            line += f", ETA {format_duration((total - done) / rate)}"
         sys.stderr.write(("\r" + line + ("\n" if final else "")) if self.tty else line + "\n")
         sys.stderr.flush()
 
 
 def _load_passages(args: argparse.Namespace) -> list[Any]:
-    from qwen3_rag.documents import DocumentError
+    from qwen3_rag.indexing.documents import DocumentError
     from qwen3_rag.synth import (
         passages_from_collection,
         passages_from_folder,
@@ -121,18 +128,16 @@ def _load_passages(args: argparse.Namespace) -> list[Any]:
 
 def _passages_from_store(args: argparse.Namespace, read: Any) -> list[Any]:
     require("chromadb")
-    from qwen3_rag.cli.store import db_path, open_client, storage_errors
+    from qwen3_rag.indexing import StoreError, open_store
 
-    hint = f"qwen3-rag index PATH --db {db_path(args)} --rebuild"
-    client = open_client(args, write=False, rebuild_hint=hint)
-    from chromadb.errors import NotFoundError
-
-    with storage_errors(db_path(args), hint):
-        try:
-            collection = client.get_collection(args.collection, embedding_function=None)
-        except (NotFoundError, ValueError) as e:
-            raise CliError(f"collection {args.collection!r} does not exist ({e})") from e
-        passages = read(collection)
+    where = store_options(args)
+    with (
+        open_store(where, write=False, rebuild_hint=rebuild_hint(None, where)) as opened,
+        opened.errors(),
+    ):
+        if opened.stored_config() is None:
+            raise StoreError(f"collection {where.collection!r} does not exist")
+        passages = read(opened.collection())
     if not passages:
         raise CliError(f"collection {args.collection!r} holds no documents")
     return passages
@@ -147,7 +152,7 @@ def _llm(args: argparse.Namespace) -> Any:
             "endpoint's model name)"
         )
     if args.llm_url:
-        require("openai")
+        require("openai", extra="synth", what="--llm-url")
         key = os.environ.get(args.llm_api_key_env)
         if not key:
             logger.info(
@@ -188,8 +193,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
     check_options(EmbedderConfig, embedder_options)
     if not 0.0 <= args.eval_fraction <= 1.0:
         raise CliError(f"--eval-fraction must be from 0 to 1, got {args.eval_fraction}")
-    if args.chunk_size < 1 or not 0 <= args.chunk_overlap < args.chunk_size:
-        raise CliError("--chunk-overlap must be from 0 to --chunk-size - 1")
+    try:
+        check_chunking(args.chunk_size, args.chunk_overlap)
+    except IndexingError as e:
+        raise CliError(f"bad option: {e}") from e
     try:
         options = SynthOptions(
             queries_per_passage=args.queries_per_passage,
@@ -363,22 +370,11 @@ def register(sub: Any) -> None:
         "--max-passages", type=_positive, default=None, help="use only the first N passages"
     )
     source = p.add_argument_group("corpus from files or Chroma")
-    source.add_argument(
-        "--chunk-size", type=int, default=1000, help="characters per chunk (default: 1000)"
-    )
-    source.add_argument(
-        "--chunk-overlap",
-        type=int,
-        default=150,
-        help="characters shared by neighbours (default: 150)",
-    )
-    store = source.add_mutually_exclusive_group()
-    store.add_argument("--db", default=None, help="read the passages from this embedded Chroma")
-    store.add_argument("--chroma-url", default=None, help="read them from this Chroma server")
-    source.add_argument(
-        "--collection",
-        default=DEFAULT_COLLECTION,
-        help=f"collection name (default: {DEFAULT_COLLECTION})",
+    add_chunk_flags(source)
+    add_store_flags(
+        source,
+        db_help="read the passages from this embedded Chroma",
+        url_help="read them from this Chroma server",
     )
     p.add_argument(
         "--embedding-model",

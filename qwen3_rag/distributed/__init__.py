@@ -1,8 +1,9 @@
-"""Scale-out indexing on Ray Data into a Chroma server.
+"""Scale-out indexing on Ray Data into a Chroma server: an alias of the indexing library's engine.
 
 The same chunks, ids and stale-chunk handling as the single-process indexer; the command is
-``qwen3-rag index PATH --engine ray --chroma-url URL`` and :func:`index_with_ray` is the same
-from Python.
+``qwen3-rag index PATH --engine ray --chroma-url URL``, and :func:`qwen3_rag.indexing.index`
+with ``IndexOptions(engine="ray")`` is the same from Python. :func:`index_with_ray` keeps the
+keyword form of earlier versions.
 
 Example:
     >>> from qwen3_rag.distributed import index_with_ray
@@ -15,6 +16,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from qwen3_rag.core import EmbedderConfig
+from qwen3_rag.core.config import fields
+from qwen3_rag.indexing import (
+    DEFAULT_CHUNK_OVERLAP,
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_COLLECTION,
+    IndexOptions,
+    StoreOptions,
+    deferred_stop,
+    index,
+)
+
 __all__ = ["index_with_ray"]
 
 
@@ -22,10 +35,10 @@ def index_with_ray(
     paths: Sequence[str],
     chroma_url: str,
     *,
-    collection: str | None = None,
+    collection: str = DEFAULT_COLLECTION,
     embedding_model: str | None = None,
-    chunk_size: int = 1000,
-    chunk_overlap: int = 150,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
     ray_address: str | None = None,
     workers: int | None = None,
     gpus_per_worker: float | None = None,
@@ -39,7 +52,7 @@ def index_with_ray(
     Args:
         paths: Files or folders (.txt, .md, .pdf), visible at the same paths on every node.
         chroma_url: The Chroma server, e.g. ``"http://localhost:8000"``.
-        collection: Collection name (default: the CLI's, ``"qwen3-rag"``).
+        collection: Collection name.
         embedding_model: Hub id or folder (default: the collection's model, else the default).
         chunk_size: Characters per chunk.
         chunk_overlap: Characters shared by neighbouring chunks.
@@ -49,44 +62,34 @@ def index_with_ray(
         batch_size: Chunks per embed-and-upsert batch (default 256).
         rebuild: Delete the collection first and index from scratch.
         progress: Show progress lines on stderr.
-        **embedder_options: The CLI's embedding options (``max_length``, ``dimensions``,
-            ``instruction``, ``dtype``, ...), fields of :class:`~qwen3_rag.core.EmbedderConfig`.
+        **embedder_options: Fields of :class:`~qwen3_rag.core.EmbedderConfig` (``max_length``,
+            ``dimensions``, ``instruction``, ``dtype``, ...).
 
     Returns:
         The counts the CLI prints with ``--json`` (files, chunks, new, unchanged, removed...).
 
     Raises:
         ValueError: For bad input (a path, an option, an unreachable server or cluster); the
-            message names it.
+            message names it (:class:`~qwen3_rag.indexing.IndexingError` is a ValueError).
+        TypeError: For an option that is not an embedder option.
     """
-    from qwen3_rag.cli import build_parser
-    from qwen3_rag.cli.common import CliError
-    from qwen3_rag.cli.index import check_index_options, summary
-    from qwen3_rag.distributed.engine import run_ray_index
-
-    argv = ["index", *map(str, paths), "--engine", "ray", "--chroma-url", chroma_url]
-    argv += ["--chunk-size", str(chunk_size), "--chunk-overlap", str(chunk_overlap)]
-    argv += [] if progress else ["-q"]
-    args = build_parser().parse_args(argv)
-    for name, value in {
-        "collection": collection,
-        "embedding_model": embedding_model,
-        "ray_address": ray_address,
-        "workers": workers,
-        "gpus_per_worker": gpus_per_worker,
-        "batch_size": batch_size,
-    }.items():
-        if value is not None:
-            setattr(args, name, value)
-    args.rebuild = rebuild
-    unknown = sorted(set(embedder_options) - set(vars(args)))
+    known = {f.name for f in fields(EmbedderConfig) if f.metadata["cli"]}
+    unknown = sorted(set(embedder_options) - known)
     if unknown:
         raise TypeError(f"unknown embedding option(s): {', '.join(unknown)}")
-    for name, value in embedder_options.items():
-        setattr(args, name, value)
-    try:
-        check_index_options(args)
-        stats, count, seconds = run_ray_index(args)
-    except CliError as e:
-        raise ValueError(str(e)) from e
-    return summary(stats, count, seconds)
+    options = IndexOptions(
+        StoreOptions(chroma_url=chroma_url, collection=collection),
+        chunk_size=chunk_size,
+        chunk_overlap=chunk_overlap,
+        embedding_model=embedding_model,
+        embedder=embedder_options,
+        rebuild=rebuild,
+        engine="ray",
+        progress=progress,
+        ray_address=ray_address,
+        workers=workers,
+        gpus_per_worker=gpus_per_worker,
+        batch_size=batch_size,
+    )
+    with deferred_stop() as stop:
+        return index(paths, options, stop=stop).as_dict()

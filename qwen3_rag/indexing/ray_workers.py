@@ -1,7 +1,7 @@
 """What runs on the Ray workers: reading files into chunk rows, and the embed-and-write actor.
 
 Rows travel as flat string columns (Arrow-friendly): ``kind`` is ``"file"`` for one row per
-file (its :class:`~qwen3_rag.cli.index.FilePlan` minus the chunks, as JSON in ``info``) or
+file (its :class:`~qwen3_rag.indexing.plan.FilePlan` minus the chunks, as JSON in ``info``) or
 ``"chunk"`` for each chunk to embed (``id``, ``text``, ``metadata`` as JSON, ``source``).
 The actor embeds and upserts the chunk rows and passes every row on without its text, so the
 driver learns which chunks are stored and can remove a file's stale chunks only after all of
@@ -11,7 +11,7 @@ batch's upsert runs while the next one is embedded, and the forwards themselves 
 
 from __future__ import annotations
 
-import argparse
+import hashlib
 import json
 import logging
 import threading
@@ -27,6 +27,13 @@ CALLS_PER_GPU_WORKER = 2
 #: A CPU worker takes one at a time: its forward already uses every core it has, so an
 #: overlapping upsert only competes with it (measured: no gain on 2 cores).
 CALLS_PER_CPU_WORKER = 1
+#: Calls of one batch before it fails the run: a batch whose every call kills its worker (an
+#: input that crashes the model's process) is retried by Ray without limit otherwise.
+MAX_BATCH_ATTEMPTS = 3
+
+
+class PoisonBatchError(RuntimeError):
+    """A batch killed its worker :data:`MAX_BATCH_ATTEMPTS` times; names its files."""
 
 
 def quiet_worker(verbose: bool) -> None:
@@ -41,19 +48,39 @@ def quiet_worker(verbose: bool) -> None:
 
 
 class Counter:
-    """Chunks read and embedded so far, reported by the workers for the driver's progress."""
+    """Chunks read and embedded so far, reported by the workers for the driver's progress.
+
+    Counts are kept per file read and per batch embedded, so a read task or a batch that Ray
+    retries after a killed worker is counted once. It also counts each batch's calls, so that
+    one that keeps killing its worker fails the run instead of looping.
+    """
 
     def __init__(self) -> None:
-        self.counts = {"files": 0, "read": 0, "fresh": 0, "embedded": 0}
+        self.files: dict[str, tuple[int, int]] = {}
+        self.batches: dict[str, int] = {}
+        self.attempts: dict[str, int] = {}
 
-    def add(self, **counts: int) -> None:
-        """Add to the named counts."""
-        for key, value in counts.items():
-            self.counts[key] += value
+    def read(self, path: str, chunks: int, fresh: int) -> None:
+        """A file was read: its chunks, and how many of them are new."""
+        self.files[path] = (chunks, fresh)
+
+    def embedded(self, batch: str, chunks: int) -> None:
+        """A batch was embedded."""
+        self.batches[batch] = chunks
+
+    def attempt(self, batch: str) -> int:
+        """A call of ``batch`` starts; returns how many calls it has had, this one included."""
+        self.attempts[batch] = self.attempts.get(batch, 0) + 1
+        return self.attempts[batch]
 
     def get(self) -> dict[str, int]:
-        """The counts so far."""
-        return dict(self.counts)
+        """The counts so far: files and chunks read, new chunks, chunks embedded."""
+        return {
+            "files": len(self.files),
+            "read": sum(c for c, _ in self.files.values()),
+            "fresh": sum(f for _, f in self.files.values()),
+            "embedded": sum(self.batches.values()),
+        }
 
 
 def read_files(
@@ -65,7 +92,7 @@ def read_files(
     verbose: bool,
 ) -> dict[str, np.ndarray]:
     """Plan each file of the batch (``path``, ``stored`` ids as JSON) into file and chunk rows."""
-    from qwen3_rag.cli.index import plan_file
+    from .plan import plan_file
 
     quiet_worker(verbose)
     rows: dict[str, list[str]] = {name: [] for name in COLUMNS}
@@ -74,7 +101,6 @@ def read_files(
         for name in COLUMNS:
             rows[name].append(row.get(name, ""))
 
-    read = fresh = 0
     for path, stored in zip(batch["path"], batch["stored"], strict=True):
         plan = plan_file(Path(str(path)), set(json.loads(str(stored))), chunk_size, chunk_overlap)
         info = {
@@ -94,31 +120,28 @@ def read_files(
                 metadata=json.dumps(chunk.metadata, ensure_ascii=False),
                 source=plan.source,
             )
-        read += plan.chunks
-        fresh += len(plan.fresh)
-    counter.add.remote(files=len(batch["path"]), read=read, fresh=fresh)
+        counter.read.remote(plan.source, plan.chunks, len(plan.fresh))
     return {name: np.array(values, dtype=object) for name, values in rows.items()}
 
 
 def open_for_writing(chroma_url: str, name: str, embedder: Any) -> tuple[Any, Any]:
     """The Chroma client and the collection for ``embedder``, created if new.
 
-    The same check as the single-process indexer (:func:`~qwen3_rag.cli.store.
-    open_collection_with`): a collection built with another model or dimension is refused.
+    The same check as the single-process indexer (:meth:`~qwen3_rag.indexing.store.Store.
+    open_for`): a collection built with other settings is refused.
     """
-    from qwen3_rag.cli.store import open_client, open_collection_with, stored_config
+    from .options import StoreOptions
+    from .store import open_store
 
-    client = open_client(
-        argparse.Namespace(chroma_url=chroma_url, db=None), write=True, rebuild_hint=""
-    )
+    store = open_store(StoreOptions(chroma_url=chroma_url, collection=name), write=True)
     try:
-        return client, open_collection_with(client, name, embedder)
+        return store.client, store.open_for(embedder)
     except Exception:
         # Workers start together: another one may have created it between this one's look
         # and its create. Open what it made (checked the same way); anything else is raised.
-        if stored_config(client, name) is None:
+        if store.stored_config() is None:
             raise
-        return client, open_collection_with(client, name, embedder)
+        return store.client, store.open_for(embedder)
 
 
 class EmbedWriter:
@@ -146,7 +169,6 @@ class EmbedWriter:
     ) -> None:
         import torch
 
-        from qwen3_rag.cli.index import TruncationCount
         from qwen3_rag.core import Qwen3Embedder
 
         quiet_worker(verbose)
@@ -156,14 +178,21 @@ class EmbedWriter:
         self.client, self.collection = open_for_writing(chroma_url, collection, self.embedder)
         self.max_rows = int(self.client.get_max_batch_size())
         self.counter = counter
-        # Truncation warnings are counted here and totalled by the driver, once per run.
-        self.truncation = TruncationCount()
-        logging.getLogger("qwen3_rag.core.runtime").addFilter(self.truncation)
         # Calls may run in several threads. One forward at a time: each takes all of the
-        # worker's cores (or its GPU), and the truncation count around it is then its own.
+        # worker's cores (or its GPU).
         self.forward = threading.Lock()
         # One upsert at a time on the shared client.
         self.write = threading.Lock()
+
+    def _check_attempts(self, key: str, batch: dict[str, np.ndarray], is_chunk: np.ndarray) -> None:
+        """Fail a batch whose earlier calls all killed their worker (see the Counter)."""
+        import ray
+
+        attempt = int(ray.get(self.counter.attempt.remote(key)))
+        sources = sorted({str(s) for s in batch["source"][is_chunk]})
+        error = _attempts_exceeded(attempt, sources)
+        if error is not None:
+            raise error
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Embed and upsert the batch's chunk rows; return every row without its text."""
@@ -171,13 +200,16 @@ class EmbedWriter:
         ids = [str(i) for i in batch["id"][is_chunk]]
         counts = np.zeros((len(is_chunk), 2), dtype=np.int64)
         if ids:
+            key = hashlib.sha256("\0".join(ids).encode()).hexdigest()
+            self._check_attempts(key, batch, is_chunk)
             texts = [str(t) for t in batch["text"][is_chunk]]
             metadatas = [json.loads(str(m)) for m in batch["metadata"][is_chunk]]
             with self.forward:
-                truncated = self.truncation.truncated
-                vectors = self.embedder.embed_documents(texts)
-                counts[0] = (self.truncation.truncated - truncated, len(ids))
-            self.counter.add.remote(embedded=len(ids))
+                # Truncation is counted here and totalled by the driver, once per run.
+                encoded = self.embedder.encode_documents(texts)
+                vectors = self.embedder.embed_encoded(encoded)
+                counts[0] = (encoded.truncated, len(ids))
+            self.counter.embedded.remote(key, len(ids))
             # Upsert, not add: a batch retried after a killed worker may be stored already.
             # The rows go back only once stored: the driver removes stale chunks on them.
             with self.write:
@@ -197,6 +229,16 @@ class EmbedWriter:
             "truncated": counts[:, 0],
             "embedded": counts[:, 1],
         }
+
+
+def _attempts_exceeded(attempt: int, sources: list[str]) -> PoisonBatchError | None:
+    if attempt <= MAX_BATCH_ATTEMPTS:
+        return None
+    return PoisonBatchError(
+        f"a batch of {len(sources)} file(s) killed its Ray worker {attempt - 1} times and was "
+        f"given up: {', '.join(sources)}; index them alone (or leave them out) to find the one "
+        "that crashes the model's process"
+    )
 
 
 def create_collection(chroma_url: str, name: str, model: str, options: dict[str, Any]) -> None:
