@@ -108,22 +108,18 @@ def _stdlib_passages() -> list[tuple[str, str]]:
 @pytest.fixture(scope="module")
 def db(tmp_path_factory, emb):
     """An embedded Chroma collection built with the tiny embedder (as `qwen3-rag index` does)."""
-    import chromadb
     from chromadb.api.client import SharedSystemClient
-    from chromadb.config import Settings
 
-    from qwen3_rag.cli.store import open_collection_with
+    from qwen3_rag.indexing import StoreOptions, open_store
 
     path = tmp_path_factory.mktemp("server-db")
-    client = chromadb.PersistentClient(str(path), settings=Settings(anonymized_telemetry=False))
-    collection = open_collection_with(client, "docs", emb)
     passages = _stdlib_passages()
-    collection.add(
-        ids=[name for name, _ in passages],
-        documents=[text for _, text in passages],
-        metadatas=[{"source": f"stdlib/{name}"} for name, _ in passages],
-    )
-    del collection, client
+    with open_store(StoreOptions(db=str(path), collection="docs"), write=True) as store:
+        store.open_for(emb).add(
+            ids=[name for name, _ in passages],
+            documents=[text for _, text in passages],
+            metadatas=[{"source": f"stdlib/{name}"} for name, _ in passages],
+        )
     SharedSystemClient.clear_system_cache()
     return path
 
@@ -416,6 +412,9 @@ def test_bad_requests_name_the_field_and_leave_the_server_working(server, emb):
     assert r.status_code == 422 and r.json()["error"]["param"] == "dimension"
     r = post("/v1/embeddings", json={"input": "a", "dimensions": 4096})
     assert r.status_code == 422 and r.json()["error"]["param"] == "dimensions"
+    # The core's one range check, named by the request's field.
+    assert "dimensions=4096 is out of range" in r.json()["error"]["message"]
+    assert "32 to 64" in r.json()["error"]["message"]
     r = post("/v1/embeddings", json={"input": []})
     assert r.status_code == 422 and "must not be empty" in r.json()["error"]["message"]
     r = post("/v2/embed", json={"texts": "one text", "input_type": "search_document"})
@@ -424,8 +423,8 @@ def test_bad_requests_name_the_field_and_leave_the_server_working(server, emb):
     assert r.status_code == 422 and r.json()["message"].startswith("top_n")
     r = post("/rerank", json={"query": "q", "texts": []})
     assert r.status_code == 422 and r.json()["error_type"] == "Validation"
-    r = post("/v2/embed", json={"texts": ["x"], "embedding_types": ["int8"]})
-    assert r.status_code == 422 and "int8" in r.json()["message"]
+    r = post("/v2/embed", json={"texts": ["x"], "embedding_types": ["int4"]})
+    assert r.status_code == 422 and r.json()["message"].startswith("embedding_types")
     # Limits: inputs, tokens, body size.
     r = post("/v1/embeddings", json={"input": ["x"] * 401})
     assert r.status_code == 422 and "--max-inputs" in r.json()["error"]["message"]
@@ -507,6 +506,20 @@ def test_search_api_and_metrics(server, emb, rr):
     assert all(x["source"].startswith("stdlib/") for x in results)
     # The scores are the reranker's for those passages.
     assert scores == rr.score("copy a file", [x["text"] for x in results])
+    # A filter Chroma refuses is the caller's mistake, in Chroma's words; a surrogate is no 500.
+    r = httpx.post(
+        f"{server}/v1/search",
+        json={"query": "copy a file", "where": {"source": {"$nope": 1}}},
+        headers=_auth(),
+    )
+    assert r.status_code == 422 and r.json()["message"].startswith("where: "), r.text
+    assert "$nope" in r.json()["message"]
+    r = httpx.post(
+        f"{server}/v1/search",
+        content=json.dumps({"query": "copy \ud800 file", "top_n": 1}).encode(),
+        headers={**_auth(), "Content-Type": "application/json"},
+    )
+    assert r.status_code == 200 and r.json()["query"] == "copy \ufffd file"
     metrics = httpx.get(f"{server}/metrics").text
     for name in (
         'qwen3_rag_requests_total{endpoint="/v1/search",status="200"}',
@@ -540,7 +553,7 @@ def test_search_page_in_headless_chromium(server, tmp_path):
             page.goto(server + "/")
             page.fill("#query", "copy a file with its permissions")
             page.click("#go")  # no key yet: the server refuses, the page says so
-            page.wait_for_selector("#status:has-text('401')", timeout=30_000)
+            page.wait_for_selector("#status:has-text('needs an API key')", timeout=30_000)
             page.fill("#api_key", KEY)
             page.click("#go")
             page.wait_for_selector(".result", timeout=60_000)
@@ -549,6 +562,14 @@ def test_search_page_in_headless_chromium(server, tmp_path):
             assert all(
                 s.startswith("stdlib/") for s in page.locator(".result .source").all_inner_texts()
             )
+            # Passages are clipped to three lines, and expand on request.
+            text = page.locator(".result .text").first
+            clipped = text.evaluate("e => e.clientHeight")
+            assert clipped < text.evaluate("e => e.scrollHeight")
+            page.locator(".result .more").first.click()
+            assert text.evaluate("e => e.clientHeight") > clipped
+            page.locator(".result .more").first.click()
+            assert page.title() == "qwen3-rag search"
             shot = tmp_path / "search-page.png"
             page.screenshot(path=str(shot), full_page=True)
             print(f"screenshot: {shot}")

@@ -20,11 +20,12 @@ def emb(embed_eos_path):
 def _jobs(emb, groups, dims=None):
     from qwen3_rag.server.workers import EmbedJob
 
-    return [EmbedJob(rows=emb._tokenize(texts)[0], dimensions=dims) for texts in groups]
+    return [EmbedJob(rows=emb.encode_documents(texts).ids, dimensions=dims) for texts in groups]
 
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("max_batch_requests", [64, 1])
+@pytest.mark.slow
 def test_queued_requests_share_forwards_unless_batching_is_off(emb, max_batch_requests):
     from qwen3_rag.server.workers import EmbedWorker
 

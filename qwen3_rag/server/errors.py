@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import ValidationError
 from starlette.responses import JSONResponse
+
+from qwen3_rag.core.tokenization import replace_surrogates
+
+
+class SafeJSONResponse(JSONResponse):
+    r"""JSON that any text can be written as.
+
+    UTF-16 surrogates that a request carried (JSON's ``"\ud800"``) and an answer echoes become
+    U+FFFD, as the core does with them before the model sees them, instead of failing the
+    answer with a ``UnicodeEncodeError``.
+    """
+
+    def render(self, content: Any) -> bytes:
+        """Compact JSON, UTF-8."""
+        text = json.dumps(
+            content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+        )
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:
+            return replace_surrogates(text).encode("utf-8")
+
 
 #: Which error body an endpoint answers with.
 ApiStyle = Literal["openai", "cohere", "tei", "ours"]
@@ -14,6 +37,8 @@ _OPENAI_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     404: "not_found_error",
+    405: "invalid_request_error",
+    408: "timeout_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
     503: "server_error",
@@ -22,6 +47,9 @@ _OPENAI_TYPES = {
 _TEI_TYPES = {
     400: "Validation",
     401: "Unauthorized",
+    404: "NotFound",
+    405: "Validation",
+    408: "Validation",
     413: "Validation",
     422: "Validation",
     503: "Overloaded",
@@ -51,8 +79,10 @@ class ApiError(Exception):
         self.message = message
         self.param = param
         self.headers = headers or {}
+        #: Set where the request itself decides the shape (a rerank body of TEI or of Cohere).
+        self.style: ApiStyle | None = None
 
-    def response(self, style: ApiStyle) -> JSONResponse:
+    def response(self, style: ApiStyle) -> SafeJSONResponse:
         """The JSON response ``style``'s clients expect."""
         body: Any
         if style == "openai":
@@ -68,7 +98,7 @@ class ApiError(Exception):
             body = {"error": self.message, "error_type": _TEI_TYPES.get(self.status, "Backend")}
         else:
             body = {"message": self.message}
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
+        return SafeJSONResponse(body, status_code=self.status, headers=self.headers)
 
 
 def field_path(loc: tuple[Any, ...]) -> str:

@@ -26,9 +26,7 @@ import numpy as np
 import torch
 
 from qwen3_rag.core import Qwen3Embedder, Qwen3Reranker
-from qwen3_rag.core.batching import plan_batches
-from qwen3_rag.core.pooling import truncate_and_normalize
-from qwen3_rag.core.reranker import _common_prefix_len
+from qwen3_rag.core.reranker import common_prefix_len
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +67,13 @@ class Job:
 
 @dataclass(eq=False)
 class EmbedJob(Job):
-    """Rows to embed; ``dimensions`` cuts each vector (MRL) before normalising."""
+    """Rows to embed; ``dimensions`` cuts each vector (MRL) before normalising.
+
+    ``normalize=False`` (TEI's ``normalize``) returns the pooled states, only cut.
+    """
 
     dimensions: int | None = None
+    normalize: bool = True
 
 
 @dataclass(eq=False)
@@ -216,7 +218,7 @@ class EmbedWorker(ModelWorker):
         entries = [(job, i) for job in jobs for i, out in enumerate(job.outputs) if out is None]
         ids = [job.rows[i] for job, i in entries]
         lengths = [len(r) for r in ids]
-        plan = plan_batches(lengths, emb.batch_tokens, emb.max_batch_size, emb._packed)
+        plan = emb.plan_batches(lengths)
         # The first batch holding a row of the oldest job. Greedy plans over length-sorted rows
         # split into runs that do not depend on each other, so a lone job runs exactly the
         # batches of the in-process call, one per step, in the same order.
@@ -227,9 +229,9 @@ class EmbedWorker(ModelWorker):
             if entries[k][0] not in touched:
                 touched.append(entries[k][0])
         self._failing = touched
-        rows = emb._run_batched(
+        rows = emb.run_batched(
             [lengths[k] for k in batch],
-            lambda sub: list(emb._pool(ids, [batch[j] for j in sub]).unbind(0)),
+            lambda sub: list(emb.pool(ids, [batch[j] for j in sub]).unbind(0)),
             "embed",
         )
         self._on_batch(self.kind, len(batch), sum(lengths[k] for k in batch))
@@ -248,13 +250,16 @@ class EmbedWorker(ModelWorker):
         if not job.rows:
             return np.zeros((0, self.embedder.output_dimensions), dtype=np.float32)
         # Each row is normalised on its own, so cutting after the batch gives the bits the
-        # in-process call (which normalises per forward) gives.
-        out = truncate_and_normalize(torch.stack(job.outputs), job.dimensions)  # type: ignore[arg-type]
+        # in-process call gives.
+        pooled = torch.stack(job.outputs)  # type: ignore[arg-type]
         try:
-            self.embedder._check_finite(out, "embeddings")
+            if job.normalize:
+                return self.embedder.finish(pooled, job.dimensions)
+            cut = pooled[:, : job.dimensions or self.embedder.output_dimensions]
+            self.embedder.check_finite(cut, "embeddings")
+            return cut.cpu().numpy()
         except Exception as e:
             return e
-        return out.cpu().numpy()
 
 
 class RerankWorker(ModelWorker):
@@ -271,20 +276,15 @@ class RerankWorker(ModelWorker):
         assert isinstance(job, RerankJob)
         if not job.started:
             job.started = True
-            job.shared = _common_prefix_len(job.rows) if rr.share_prefix else 0
-            job.cache = rr._prefix_cache(job.rows[0][: job.shared]) if job.shared else None
-            job.batches = plan_batches(
-                [len(s) - job.shared for s in job.rows],
-                rr.batch_tokens,
-                rr.max_batch_size,
-                rr._packed,
-            )
+            job.shared = common_prefix_len(job.rows) if rr.share_prefix else 0
+            job.cache = rr.prefix_cache(job.rows[0][: job.shared]) if job.shared else None
+            job.batches = rr.plan_batches([len(s) - job.shared for s in job.rows])
         batch = job.batches[job.next_batch]
         job.next_batch += 1
         lengths = [len(job.rows[i]) - job.shared for i in batch]
-        scores = rr._run_batched(
+        scores = rr.run_batched(
             lengths,
-            lambda sub: rr._forward(job.rows, job.shared, job.cache, [batch[j] for j in sub]),
+            lambda sub: rr.forward_logits(job.rows, job.shared, job.cache, [batch[j] for j in sub]),
             "rerank",
         )
         self._on_batch(self.kind, len(batch), sum(lengths))
@@ -306,6 +306,6 @@ class RerankWorker(ModelWorker):
     def _finish(self, job: Job) -> tuple[list[float], list[float]] | BaseException:
         # P(yes) and log-odds, exactly as the in-process score() computes them.
         try:
-            return self.reranker._scores(torch.stack(job.outputs))  # type: ignore[arg-type]
+            return self.reranker.scores(torch.stack(job.outputs))  # type: ignore[arg-type]
         except Exception as e:
             return e
