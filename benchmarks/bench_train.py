@@ -10,13 +10,22 @@ Throughput is real (unpadded) tokens per second over the timed steps, after one 
 peak memory is the RSS growth during the timed steps.
 
     python benchmarks/bench_train.py --steps 2 --json benchmarks/results/train.json
+
+``--data-parallel`` measures the other row instead: the same fine-tuning run (the command line,
+``qwen3-rag finetune embedder``) as 2 processes under torchrun (gloo; one thread each) against 1
+process (two threads) with the same global batch, on the same cores: throughput from each run's
+``train_log.jsonl`` (after the first step) and the peak RSS of the largest process.
+
+    python benchmarks/bench_train.py --data-parallel --steps 2 --json benchmarks/results/train_dp.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +41,7 @@ from bench import PeakMemory, st_embedding_dir
 from qwen3_rag.eval import load_beir, stdlib_code_search
 from qwen3_rag.train.data import TrainExample
 from qwen3_rag.train.options import TrainingOptions
-from qwen3_rag.train.trainer import _EmbeddingTask
+from qwen3_rag.train.tasks import _EmbeddingTask
 
 from tiny_models import OFFICIAL_0_6B, build_checkpoint
 
@@ -59,7 +68,7 @@ def ours(model: Path, data: list[tuple[str, str]], args: argparse.Namespace) -> 
     ]
 
     def step(batch: list[Any]) -> int:
-        _, tokens = task.step(batch, random.Random(0), 0)
+        _, tokens = task.step(batch, random.Random(0))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return tokens
@@ -99,6 +108,63 @@ def sentence_transformers(
     return _timed(step, batches)
 
 
+def _launch(
+    processes: int, model: Path, data: Path, out: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    """One ``finetune embedder`` run on ``processes`` processes: its throughput and peak RSS."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command = [
+        *(launcher if processes == 2 else []),
+        "-m",
+        "qwen3_rag",
+        "finetune",
+        "embedder",
+        str(data),
+        "--model",
+        str(model),
+        "--output",
+        str(out),
+        "-q",
+        f"--max-steps={args.steps + 1}",
+        f"--batch-size={args.batch_size}",
+        f"--chunk-tokens={args.chunk_tokens}",
+        f"--max-length={args.max_length}",
+        "--lora-rank=16",
+    ]
+    # A wrapper process: its children's peak RSS is this run's alone.
+    wrapper = (
+        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    threads = str(torch.get_num_threads() // processes)
+    env = {**os.environ, "OMP_NUM_THREADS": threads}
+    done = subprocess.run(
+        [sys.executable, "-c", wrapper, sys.executable, *command],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    log = [json.loads(line) for line in (out / "train_log.jsonl").open()]
+    timed = [r for r in log if "loss" in r][1:]  # the first step warms up
+    tokens = sum(r["tokens"] for r in timed)
+    seconds = sum(r["seconds"] for r in timed)
+    return {
+        "processes": processes,
+        "tokens": tokens,
+        "seconds": round(seconds, 2),
+        "tokens_per_second": round(tokens / seconds, 1),
+        "peak_rss_mb_largest_process": round(int(done.stdout.split()[-1]) / 1024),
+    }
+
+
+def data_parallel(model: Path, data: list[tuple[str, str]], args: argparse.Namespace) -> Any:
+    work = model.parent
+    path = work / "train.jsonl"
+    path.write_text("".join(json.dumps({"query": q, "pos": [d]}) + "\n" for q, d in data))
+    return [_launch(n, model, path, work / f"out{n}", args) for n in (1, 2)]
+
+
 def _timed(step: Any, batches: list[Any]) -> dict[str, Any]:
     step(batches[0])  # warm-up
     tokens, seconds = 0, 0.0
@@ -122,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-tokens", type=int, default=1024, help="tokens per forward")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--smoke", action="store_true", help="a tiny model (checks the script)")
+    parser.add_argument(
+        "--data-parallel",
+        action="store_true",
+        help="2 processes (torchrun) against 1 with the same global batch, instead of the peer",
+    )
     parser.add_argument("--json", help="write the results here (and a .txt table next to it)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -135,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
             initializer_range=0.02,
         )
         data = pairs(work, args.batch_size * (args.steps + 1))
+        if args.data_parallel:
+            return _report_data_parallel(data_parallel(model, data, args), args)
         report = {
             "model": "tiny" if args.smoke else "Qwen3-Embedding-0.6B shape, random weights",
             "device": "cpu",
@@ -162,6 +235,38 @@ def main(argv: list[str] | None = None) -> int:
             )
         ),
         f"speed-up: {report['speedup']}x",
+    ]
+    print("\n".join(lines))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        Path(args.json).with_suffix(".txt").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+def _report_data_parallel(rows: list[dict[str, Any]], args: argparse.Namespace) -> int:
+    one, two = rows
+    report = {
+        "model": "tiny" if args.smoke else "Qwen3-Embedding-0.6B shape, random weights",
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "lora_rank": 16,
+        "global_batch_size": args.batch_size,
+        "chunk_tokens": args.chunk_tokens,
+        "max_length": args.max_length,
+        "timed_steps": args.steps,
+        "runs": rows,
+        "throughput_ratio_2_vs_1": round(two["tokens_per_second"] / one["tokens_per_second"], 2),
+    }
+    lines = [
+        f"{'run':<40} {'tokens/s':>9} {'peak MB':>8}",
+        *(
+            f"{label:<40} {row['tokens_per_second']:>9} {row['peak_rss_mb_largest_process']:>8}"
+            for label, row in (
+                ("1 process", one),
+                ("2 processes (torchrun, gloo)", two),
+            )
+        ),
+        f"2 processes / 1: {report['throughput_ratio_2_vs_1']}x",
     ]
     print("\n".join(lines))
     if args.json:

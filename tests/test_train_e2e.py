@@ -68,7 +68,7 @@ def _jsonl(beir: Path, out: Path, limit: int | None = None) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(420)  # about 110 s on 2 shared cores; bounded for a loaded CI machine
+@pytest.mark.timeout(600)  # 110 s on idle cores; 380 s measured on loaded shared ones
 def test_finetuned_embedder_is_evaluated_and_loads_everywhere(
     tmp_path: Path, stdlib: tuple[Path, Path], base: Path
 ):
@@ -99,7 +99,9 @@ def test_finetuned_embedder_is_evaluated_and_loads_everywhere(
     n_docs = len(load_beir(held).corpus)
     chance = sum(1 / np.log2(rank + 1) for rank in range(1, 11)) / n_docs
     ndcg = [e["metrics"]["ndcg@10"] for e in result.evaluations]
-    # Measured: untrained 0.050, step 75 0.085, step 150 0.115; chance 0.029 (156 functions).
+    # Measured with the evaluation at the training max_length (64): untrained 0.050, step 75
+    # 0.085, step 150 0.115; chance 0.029 (156 functions). It now runs at eval's default length
+    # and the same bounds hold.
     untrained, trained = ndcg[0], ndcg[2]
     assert trained >= 2 * untrained and trained >= 3 * chance, (ndcg, chance)
     assert min(ndcg[1:]) > untrained, ndcg

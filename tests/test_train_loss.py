@@ -235,6 +235,26 @@ def test_a_single_instance_has_only_its_hard_negatives():
     assert float(contrastive_loss(q, pos, temperature=0.05)) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_masked_negative_slots_count_as_absent_for_ragged_negatives():
+    """Instances with 3, 1 and 0 hard negatives, padded to 3 slots with unnormalised filler."""
+    q, pos, neg = random_batch(n=3, k=3)
+    kept = [3, 1, 0]
+    slots = torch.tensor([[k < n for k in range(3)] for n in kept])
+    padded = torch.where(slots[..., None], neg, torch.full_like(neg, 5.0))  # norm 20, finite
+    q = q.clone().requires_grad_(True)
+    got = contrastive_loss(q, pos, padded, temperature=0.05, margin=0.3, neg_mask=slots)
+    ragged = [neg[i, :n] for i, n in enumerate(kept)]
+    want = reference_loss(q.detach(), pos, ragged, tau=0.05, margin=0.3)
+    assert float(got) == pytest.approx(want, rel=1e-12)
+    # Without the mask the filler would be negatives (and fail the norm check).
+    with pytest.raises(ValueError, match=r"neg\[1, 1\] has L2 norm 20"):
+        contrastive_loss(q, pos, padded, temperature=0.05, margin=0.3)
+    (grad,) = torch.autograd.grad(got, q)
+    assert bool(torch.isfinite(grad).all())
+    with pytest.raises(ValueError, match=r"neg_mask has shape \(3, 2\); expected shape \(3, 3\)"):
+        contrastive_loss(q, pos, padded, neg_mask=slots[:, :2])
+
+
 @pytest.mark.parametrize(
     ("args", "kwargs", "message"),
     [
@@ -303,6 +323,7 @@ def test_training_ids_are_the_inference_ids(reranker_path):
             assert ids == rr.encode_ids(query, [doc])
 
 
+@pytest.mark.slow
 def test_reranker_loss_matches_the_full_logits_reference(reranker_path, causal):
     from qwen3_rag.core.spec import DEFAULT_TASK, RERANK_NO, RERANK_YES
 

@@ -87,6 +87,7 @@ def merged_two(checkpoints, tmp_path_factory):
     return parent, slerp_merge(checkpoints[:2], [1.0, 3.0], out=parent / "merged")
 
 
+@pytest.mark.slow
 def test_two_checkpoints_merge_tensor_by_tensor(checkpoints, merged_two):
     a, b = checkpoints[:2]
     parent, out = merged_two
@@ -121,6 +122,7 @@ def test_more_than_two_checkpoints_merge_pairwise_with_cumulative_weights(checkp
         np.testing.assert_allclose(merged[key].numpy(), want, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_the_merged_folder_loads_in_qwen3_embedder_and_transformers_alike(checkpoints, merged_two):
     from transformers import AutoModel
 
@@ -183,8 +185,10 @@ def test_mismatched_checkpoints_raise_naming_the_tensor_and_checkpoint(checkpoin
         slerp_merge([a, adapter], out=tmp_path / "x")
     with pytest.raises(MergeError, match="at least two checkpoints, got 1"):
         slerp_merge([a], out=tmp_path / "x")
-    with pytest.raises(ValueError, match=r"weights\[1\] must be a positive finite number"):
-        slerp_merge([a, a], [1.0, 0.0], out=tmp_path / "x")
+    with pytest.raises(ValueError, match=r"weights\[1\] must be a finite number >= 0"):
+        slerp_merge([a, a], [1.0, -1.0], out=tmp_path / "x")
+    with pytest.raises(ValueError, match="weights are all 0"):
+        slerp_merge([a, a], [0, 0], out=tmp_path / "x")
     with pytest.raises(ValueError, match="got 3 weights for 2 checkpoints"):
         slerp_merge([a, a], [1, 1, 1], out=tmp_path / "x")
     assert not (tmp_path / "x").exists()
@@ -208,10 +212,31 @@ def test_merge_command(checkpoints, tmp_path, capsys):
         ]
     )
     assert code == 0
-    assert capsys.readouterr().out.strip() == str(target)
+    said = capsys.readouterr().out.strip()  # what was written, not a bare path
+    assert said.startswith(
+        f"merged 2 checkpoints (slerp, weights 0.5, 0.5) into the model folder {str(target)!r}: "
+    )
+    assert f"{len(load(target))} tensors in " in said
     assert set(load(target)) == set(load(checkpoints[0]))
     code = main(
         ["merge", str(checkpoints[0]), str(tmp_path / "missing"), "--output", str(tmp_path / "y")]
     )
     assert code == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_zero_weights_and_t_give_the_endpoints_exactly(checkpoints, tmp_path, capsys):
+    """t = 0 / 1 (``--t``, or a weight of 0) is a checkpoint, bit for bit; t = 0.5 is neither."""
+    first, second = load(checkpoints[0]), load(checkpoints[1])
+    for t, want in ((0.0, first), (1.0, second)):
+        target = tmp_path / f"t{t}"
+        argv = ["merge", *map(str, checkpoints[:2]), "--output", str(target), "--t", str(t), "-q"]
+        assert main(argv) == 0
+        got = load(target)
+        assert all(torch.equal(got[n], want[n]) for n in want)
+    mixed = load(slerp_merge(checkpoints, [0.0, 1.0, 1.0], out=tmp_path / "w"))
+    middle = load(slerp_merge(checkpoints[1:], out=tmp_path / "m"))
+    assert all(torch.equal(mixed[n], middle[n]) for n in middle)  # the 0 drops the first
+    argv = ["merge", *map(str, checkpoints), "--output", str(tmp_path / "x"), "--t", "0.5"]
+    assert main(argv) == 2 and "two checkpoints" in capsys.readouterr().err

@@ -47,6 +47,7 @@ def expected(embedder, example, corpus, n, margin):
     return kept[:n], dropped
 
 
+@pytest.mark.slow
 def test_mining_excludes_positives_and_drops_likely_false_negatives(embedder):
     example = TrainExample("what is the capital of China?", [CORPUS[0]], ["old negative"])
     margin = 0.0
@@ -104,6 +105,7 @@ def test_corpus_formats(tmp_path):
         load_corpus(tmp_path / "missing")
 
 
+@pytest.mark.slow
 def test_mine_command_writes_the_training_layout(embed_eos_path, embedder, tmp_path, capsys):
     data = tmp_path / "train.jsonl"
     rows = [

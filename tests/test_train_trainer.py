@@ -26,7 +26,7 @@ from qwen3_rag.core.pooling import truncate_and_normalize
 from qwen3_rag.train.forward import cached_backward, final_hidden
 from qwen3_rag.train.loss import contrastive_loss
 from qwen3_rag.train.options import TrainingOptions
-from qwen3_rag.train.trainer import _EmbeddingTask
+from qwen3_rag.train.tasks import _EmbeddingTask
 
 
 def _stdlib_pairs(n: int) -> list[tuple[str, str]]:
@@ -58,8 +58,8 @@ def rows(embed_eos_path: str) -> list[list[int]]:
     """8 queries (with the instruction), their 8 sources, 8 hard negatives: the embedder's ids."""
     emb = Qwen3Embedder(embed_eos_path, device="cpu", max_length=96)
     pairs = _stdlib_pairs(16)
-    queries = emb._tokenize([q for q, _ in pairs[:8]], emb.instruction)[0]
-    docs = emb._tokenize([d for _, d in pairs])[0]
+    queries = emb.encode_queries([q for q, _ in pairs[:8]]).ids
+    docs = emb.encode_documents([d for _, d in pairs]).ids
     return queries + docs
 
 
@@ -68,6 +68,7 @@ def _loss(emb: torch.Tensor) -> torch.Tensor:
     return contrastive_loss(q, p, n, temperature=0.05, margin=0.1)
 
 
+@pytest.mark.slow
 def test_grad_cache_gives_the_one_batch_gradients(embed_eos_path: str, rows: list[list[int]]):
     model = _model64(embed_eos_path)
     model.requires_grad_(True)
@@ -90,6 +91,7 @@ def test_grad_cache_gives_the_one_batch_gradients(embed_eos_path: str, rows: lis
     assert any(float(g.abs().max()) > 1e-6 for g in got.values())
 
 
+@pytest.mark.slow
 def test_packed_step_equals_padded_step(embed_eos_path: str, rows: list[list[int]]):
     model = _model64(embed_eos_path)
     model.requires_grad_(True)
@@ -130,7 +132,7 @@ def test_training_inputs_and_vectors_are_the_embedders(embed_eos_path: str):
     emb = Qwen3Embedder(embed_eos_path, device="cpu", max_length=64)
     for i, (inst, ex) in enumerate(zip(task.instances, examples, strict=True)):
         task_text = ex.instruction or emb.instruction
-        assert inst.query == emb._tokenize([ex.query], task_text)[0][0], i
+        assert inst.query == emb.encode_queries([ex.query], task_text).ids[0], i
         assert task.table[inst.pos[0]] == emb.encode_ids([ex.pos[0]])[0], i
     with torch.no_grad():
         got = truncate_and_normalize(task._encoder()([i.query for i in task.instances]), None)
@@ -181,6 +183,7 @@ def test_options_are_checked_early():
     assert TrainingOptions(lora_targets="q_proj, v_proj").lora_targets == ("q_proj", "v_proj")
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_gives_the_same_gradients(embed_eos_path: str):
     pairs = _stdlib_pairs(8)
 
@@ -200,7 +203,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(embed_eos_path: str):
             for name, p in task.trainable.named_parameters():
                 if "lora_B" in name:
                     p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))
-        task.step(task.instances, random.Random(0), 0)
+        task.step(task.instances, random.Random(0))
         grads.append(
             {n: p.grad for n, p in task.trainable.named_parameters() if p.grad is not None}
         )

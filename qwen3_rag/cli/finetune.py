@@ -1,4 +1,11 @@
-"""``qwen3-rag finetune embedder|reranker DATA --model M --output DIR``: fine-tune on your data."""
+"""``qwen3-rag finetune embedder|reranker DATA --model M --output DIR``: fine-tune on your data.
+
+Data parallel on N devices or processes, launched the standard way::
+
+    torchrun --nproc_per_node N -m qwen3_rag finetune embedder DATA --model M --output DIR
+
+``--batch-size`` is the global batch; only the first process prints and writes.
+"""
 
 from __future__ import annotations
 
@@ -77,7 +84,10 @@ def register(sub: Any) -> None:
             kind,
             help=f"fine-tune a Qwen3 {kind}: {loss}",
             description=f"Fine-tune a Qwen3 {kind} ({loss}); the output folder "
-            "gets the model (LoRA merged), checkpoints/ and train_log.jsonl.",
+            "gets the model (LoRA merged), checkpoints/ and train_log.jsonl. Data parallel: "
+            "'torchrun --nproc_per_node N -m qwen3_rag finetune ...' (NCCL on GPUs, gloo on "
+            "CPUs); --batch-size is then the global batch, split across the N processes, and "
+            "the run equals one process's with that batch.",
         )
         p.add_argument(
             "data",
@@ -96,15 +106,17 @@ def register(sub: Any) -> None:
             action="store_true",
             help="continue from the last checkpoint in --output (after a kill or stop)",
         )
-        if kind == "embedder":
-            p.add_argument(
-                "--eval",
-                dest="eval_data",
-                metavar="DATA",
-                type=Path,
-                default=None,
-                help="BEIR folder evaluated before training and at each checkpoint",
-            )
+        p.add_argument(
+            "--eval",
+            dest="eval_data",
+            metavar="DATA",
+            type=Path,
+            default=None,
+            help="BEIR folder evaluated before training and at each checkpoint"
+            + (
+                "" if kind == "embedder" else " (the reranker reorders BM25's top 30 of each query)"
+            ),
+        )
         add_output_flags(p, "log checkpoints and evaluations, and show library logs")
         _training_flags(p.add_argument_group("training options"))
         add_config_flags(p.add_argument_group("model options"), RuntimeConfig, _RUNTIME_FLAGS)
@@ -126,13 +138,16 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         raise CliError(f"bad option: {e}") from e
     runtime = {k: v for k, v in given_options(args, RuntimeConfig).items() if k in _RUNTIME_FLAGS}
     if options.get("lora_rank", TrainingOptions.lora_rank) > 0:
-        require("peft")
+        require("peft", extra="train", what="LoRA fine-tuning")
     data = Path(args.data)
     if not data.exists():
         raise CliError(f"training data {args.data!r} does not exist")
     eval_data = getattr(args, "eval_data", None)
     if eval_data is not None and not eval_data.is_dir():
         raise CliError(f"--eval {str(eval_data)!r} is not a BEIR folder")
+    if eval_data is not None:  # before any model loads: the metrics come from the eval extra
+        require("pytrec_eval", "bm25s", extra="eval", what="--eval")
+    from qwen3_rag.train.distributed import launched_world
     from qwen3_rag.train.trainer import TrainingInterrupted, finetune_embedder, finetune_reranker
 
     run = finetune_embedder if args.kind == "embedder" else finetune_reranker
@@ -154,6 +169,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                 "--resume to continue",
                 EXIT_INTERRUPTED,
             ) from e
+    if launched_world()[0] != 0:
+        return EXIT_OK  # under torchrun, the first process reports for all of them
     out(
         f"fine-tuned {args.kind}: {result.output} ({result.steps} steps"
         + (f", last loss {result.loss:.4f})" if result.loss is not None else ")")

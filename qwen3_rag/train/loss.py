@@ -41,6 +41,7 @@ def contrastive_loss(
     temperature: float = DEFAULT_TEMPERATURE,
     margin: float = DEFAULT_MARGIN,
     pos_ids: Sequence[Hashable] | None = None,
+    neg_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""The paper's embedding loss, with its false-negative and duplicate mask on every term.
 
@@ -71,6 +72,9 @@ def contrastive_loss(
         margin: Cosine margin of the false-negative mask, >= 0 (the paper's 0.1).
         pos_ids: One hashable per instance naming its positive document (a document id, or the
             text itself); equal ids mark the same document. None: every positive is distinct.
+        neg_mask: ``[N, K]`` bool, True where ``neg[i, k]`` is one of instance ``i``'s hard
+            negatives: instances with fewer than ``K`` fill the other slots with any finite
+            values (their norms are not checked), which add no term. None: every slot is real.
 
     Returns:
         The mean loss over the ``N`` instances, a scalar (float32 for half-precision inputs,
@@ -87,7 +91,8 @@ def contrastive_loss(
         >>> float(contrastive_loss(q, d, temperature=0.05)) >= 0
         True
     """
-    n = _check_embeddings(q, pos, neg)
+    slots = _check_neg_mask(neg_mask, neg)
+    n = _check_embeddings(q, pos, neg, slots)
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
         raise ValueError(f"temperature must be a positive number, got {temperature!r}")
     if not temperature > 0 or temperature != temperature:
@@ -105,7 +110,7 @@ def contrastive_loss(
     columns = [positive[:, None]]
     if neg is not None and neg.shape[1] > 0:
         hard = torch.einsum("nd,nkd->nk", q, neg.to(work))
-        columns.append(_masked(hard, positive, margin, None))
+        columns.append(_masked(hard, positive, margin, None if slots is None else ~slots))
     for scores in (q @ q.T, pos @ pos.T, q @ pos.T):  # q-q, d+-d+, q-d+
         columns.append(_masked(scores, positive, margin, in_batch_drop))
     logits = torch.cat(columns, dim=1) / temperature
@@ -228,8 +233,22 @@ def _same_positive(
     return ids[:, None] == ids[None, :]
 
 
-def _check_embeddings(q: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor | None) -> int:
-    """Validate the shapes, dtypes, devices and norms; return ``N``."""
+def _check_neg_mask(mask: torch.Tensor | None, neg: torch.Tensor | None) -> torch.Tensor | None:
+    """``mask`` checked against ``neg``'s ``[N, K]`` (None when every slot is a negative)."""
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise ValueError(f"neg_mask must be a bool tensor, got {_shape(mask)}")
+    if neg is None or mask.shape != neg.shape[:2]:
+        want = "no neg_mask without neg" if neg is None else f"shape {tuple(neg.shape[:2])}"
+        raise ValueError(f"neg_mask has shape {tuple(mask.shape)}; expected {want}")
+    return mask.to(neg.device)
+
+
+def _check_embeddings(
+    q: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor | None, slots: torch.Tensor | None
+) -> int:
+    """Validate the shapes, dtypes, devices and norms (of real negatives only); return ``N``."""
     named = {"q": q, "pos": pos} if neg is None else {"q": q, "pos": pos, "neg": neg}
     for name, t in named.items():
         if not isinstance(t, torch.Tensor):
@@ -261,6 +280,8 @@ def _check_embeddings(q: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor | No
             continue
         with torch.no_grad():
             norms = t.float().norm(dim=-1)
+            if name == "neg" and slots is not None:
+                norms = norms.masked_fill(~slots, 1.0)  # filler slots: no term, any value
             worst = (norms - 1).abs().max()
         if float(worst) > _NORM_TOLERANCE.get(t.dtype, _DEFAULT_NORM_TOLERANCE):
             index = int((norms - 1).abs().flatten().argmax())

@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from qwen3_rag.core import Qwen3RagError
+
 logger = logging.getLogger(__name__)
 
 #: Above this absolute cosine two tensors count as parallel and are interpolated linearly
@@ -39,7 +41,7 @@ _SKIPPED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".pkl", ".ckpt", ".t
 _SKIPPED_NAMES = {_INDEX, "trainer_state.json", "training_args.json"}
 
 
-class MergeError(ValueError):
+class MergeError(Qwen3RagError, ValueError):
     """Checkpoints that cannot be merged; the message names the tensor and the checkpoint."""
 
 
@@ -81,7 +83,9 @@ def slerp_merge(
     Args:
         checkpoints: Hugging Face model folders with safetensors weights (full weights: merge a
             LoRA adapter into its base first), all of one architecture, in training order.
-        weights: One positive weight per checkpoint (normalised here); None weighs them equally.
+        weights: One weight >= 0 per checkpoint, not all 0 (normalised here; for two
+            checkpoints, ``[1 - t, t]`` is slerp at ``t``, and 0 gives a checkpoint back
+            exactly); None weighs them equally.
         out: The folder to create. It must not exist, or be empty. It receives the merged
             safetensors (sharded as the first checkpoint) and every other file of the first
             checkpoint (config, tokenizer, ...), so it loads like any model folder. Written
@@ -154,7 +158,11 @@ def slerp_merge(
 
 
 def _weights(weights: Sequence[float] | None, n: int) -> list[float]:
-    """Cumulative interpolation fractions ``t_k = w_k / (w_1 + ... + w_k)`` (``t_1 = 1``)."""
+    """Cumulative interpolation fractions ``t_k = w_k / (w_1 + ... + w_k)`` (``t_1`` unused).
+
+    While the running total is 0 the fraction is 0 (nothing to move toward yet); the first
+    checkpoint with a weight then gets ``t = 1``, which slerp returns exactly.
+    """
     if weights is None:
         values = [1.0] * n
     else:
@@ -162,12 +170,14 @@ def _weights(weights: Sequence[float] | None, n: int) -> list[float]:
         if len(values) != n:
             raise ValueError(f"got {len(values)} weights for {n} checkpoints")
         for i, w in enumerate(values):
-            if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < math.inf:
-                raise ValueError(f"weights[{i}] must be a positive finite number, got {w!r}")
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < math.inf:
+                raise ValueError(f"weights[{i}] must be a finite number >= 0, got {w!r}")
+        if not any(values):
+            raise ValueError(f"weights are all 0 ({values}); give at least one a weight")
     fractions, running = [], 0.0
     for w in values:
         running += float(w)
-        fractions.append(float(w) / running)
+        fractions.append(float(w) / running if running > 0 else 0.0)
     return fractions
 
 

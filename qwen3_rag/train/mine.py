@@ -19,6 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from qwen3_rag.datafiles import json_lines
+from qwen3_rag.indexing.options import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE
 
 from .data import TrainExample, TrainingDataError, read_beir_corpus
 from .loss import DEFAULT_MARGIN
@@ -35,7 +36,10 @@ _QUERY_BLOCK = 256
 
 
 def load_corpus(
-    path: str | os.PathLike[str], *, chunk_size: int = 1000, chunk_overlap: int = 150
+    path: str | os.PathLike[str],
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
 ) -> list[str]:
     """Passages to mine from: a JSONL file, a BEIR folder, or a folder of documents.
 
@@ -54,7 +58,7 @@ def load_corpus(
     if source.is_dir() and (source / "corpus.jsonl").is_file():
         texts = list(read_beir_corpus(source).values())
     elif source.is_dir():
-        from qwen3_rag.documents import DocumentError, chunk_file, find_files
+        from qwen3_rag.indexing.documents import DocumentError, chunk_file, find_files
 
         try:
             files = find_files([str(source)])

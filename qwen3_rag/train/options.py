@@ -30,13 +30,15 @@ class TrainingOptions:
     max_steps: int | None = _option(None, "optimizer steps in all; None: epochs x steps per epoch")
     batch_size: int = _option(
         32,
-        "training instances per optimizer step: in-batch negatives for the embedder (memory "
-        "stays bounded by chunk_tokens), query groups for the reranker",
+        "training instances per optimizer step, over all processes (global: under torchrun "
+        "each of N processes embeds batch_size/N of them, and the result is one process's): "
+        "in-batch negatives for the embedder (memory stays bounded by chunk_tokens), query "
+        "groups for the reranker",
     )
     negatives: int = _option(
         7,
-        "hard negatives per instance (sampled from its 'neg' list, with repeats when it has "
-        "fewer); lowered to the smallest list in the data",
+        "hard negatives per instance, sampled without repeats from its 'neg' list; an "
+        "instance with fewer trains with the ones it has (the loss leaves the rest out)",
     )
     learning_rate: float = _option(1e-4, "peak learning rate (AdamW; 1e-5 suits full fine-tuning)")
     warmup_ratio: float = _option(
@@ -72,6 +74,16 @@ class TrainingOptions:
     save_steps: int | None = _option(
         None, "checkpoint (and evaluate) every N steps; None: only at the end"
     )
+    eval_max_length: int | None = _option(
+        None,
+        "max_length of the held-out evaluation; None: the runtime's default, as `qwen3-rag "
+        "eval` runs (max_length only sets the training inputs)",
+    )
+    keep_best: str | None = _option(
+        None,
+        "make the output the checkpoint with the best held-out value of this metric (e.g. "
+        "ndcg@10; needs eval data) instead of the last one",
+    )
     merge_last: int = _option(
         0, "slerp-merge the last K checkpoints into the output (0 or 1: the last one as is)"
     )
@@ -90,9 +102,17 @@ class TrainingOptions:
         positive = ("epochs", "batch_size", "max_length", "seed")
         for name in positive:
             _check_int(getattr(self, name), name, minimum=0 if name == "seed" else 1)
-        for name in ("max_steps", "save_steps", "chunk_tokens"):
+        for name in ("max_steps", "save_steps", "chunk_tokens", "eval_max_length"):
             if getattr(self, name) is not None:
-                _check_int(getattr(self, name), name, minimum=1)
+                _check_int(getattr(self, name), name, minimum=2 if name == "eval_max_length" else 1)
+        if self.keep_best is not None:
+            from qwen3_rag.eval.metrics import parse_metrics
+
+            try:
+                (metric,) = parse_metrics([self.keep_best])
+            except ValueError as e:
+                raise ValueError(f"keep_best: {e}") from e
+            object.__setattr__(self, "keep_best", metric)
         for name in ("negatives", "lora_rank", "merge_last"):
             _check_int(getattr(self, name), name, minimum=0)
         _check_int(self.lora_alpha, "lora_alpha", minimum=1)
