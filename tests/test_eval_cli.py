@@ -37,25 +37,38 @@ def minilm_folder() -> Path:
     return found[0]
 
 
-def _ir_measures_from_files(qrels: dict, run_file: Path) -> dict[str, float]:
-    """The metrics as ir-measures computes them from a TREC run file, written independently."""
-    import ir_measures
+def _trec_eval_from_file(qrels: dict, run_file: Path) -> dict[str, float]:
+    """The metrics recomputed from a TREC run file: pytrec_eval (trec_eval's code) for nDCG,
+    recall and MAP, and MRR@10 from the file's own rank column, written here from its definition.
+    """
+    import pytrec_eval
 
+    run: dict[str, dict[str, float]] = {}
+    ranks: dict[str, list[tuple[int, str]]] = {}
+    for line in run_file.read_text().splitlines():
+        qid, _, doc, rank, score, _tag = line.split()
+        run.setdefault(qid, {})[doc] = float(score)
+        ranks.setdefault(qid, []).append((int(rank), doc))
+    assert set(run) == set(qrels)  # every query answered, so means agree
     names = {
-        "ndcg@10": "nDCG@10",
-        "recall@5": "R@5",
-        "recall@10": "R@10",
-        "recall@30": "R@30",
-        "recall@100": "R@100",
-        "mrr@10": "RR@10",
-        "map@100": "AP@100",
+        "ndcg@10": "ndcg_cut_10",
+        "recall@5": "recall_5",
+        "recall@10": "recall_10",
+        "recall@30": "recall_30",
+        "recall@100": "recall_100",
+        "map@100": "map_cut_100",
     }
-    measures = [ir_measures.parse_measure(m) for m in names.values()]
-    run = list(ir_measures.read_trec_run(str(run_file)))
-    assert {r.query_id for r in run} == set(qrels)  # every query answered, so means agree
-    qrel_rows = [ir_measures.Qrel(q, d, r) for q, docs in qrels.items() for d, r in docs.items()]
-    result = ir_measures.calc_aggregate(measures, qrel_rows, run)
-    return {ours: result[ir_measures.parse_measure(theirs)] for ours, theirs in names.items()}
+    measures = {"ndcg_cut.10", "recall.5", "recall.10", "recall.30", "recall.100", "map_cut.100"}
+    per_query = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
+    result = {
+        ours: sum(v[key] for v in per_query.values()) / len(qrels) for ours, key in names.items()
+    }
+    reciprocal = []
+    for qid, rows in ranks.items():
+        hits = [rank for rank, doc in sorted(rows) if rank <= 10 and qrels[qid].get(doc, 0) > 0]
+        reciprocal.append(1 / hits[0] if hits else 0.0)
+    result["mrr@10"] = sum(reciprocal) / len(qrels)
+    return result
 
 
 @pytest.mark.slow
@@ -81,13 +94,36 @@ def test_eval_command_rows_files_and_real_signal(tmp_path, embed_eos_path, reran
     assert names == [
         "embed-eos [no instruction]",
         "embed-eos [no instruction] @32d",
-        "embed-eos [instruction='Given a docstring, retrieve the function']",
-        "embed-eos [instruction='Given a docstring, retrieve the function'] @32d",
+        "embed-eos [I1]",
+        "embed-eos [I1] @32d",
         "embed-eos [no instruction] + reranker (top 5)",
         "bm25",
         "st:model",
         "hybrid RRF (bm25 + embed-eos [no instruction])",
     ]
+    assert "I1 = 'Given a docstring, retrieve the function'" in done.stdout  # the legend
+    # Each row says what it is; every row but the first is tested against it.
+    rows_by_name = {r["name"]: r for r in result["runs"]}
+    i1 = rows_by_name["embed-eos [I1] @32d"]
+    assert (i1["model"], i1["instruction"], i1["dimensions"], i1["kind"]) == (
+        embed_eos_path,
+        "Given a docstring, retrieve the function",
+        32,
+        "dense",
+    )
+    rerank = rows_by_name["embed-eos [no instruction] + reranker (top 5)"]
+    assert (rerank["reranker"], rerank["rerank_k"], rerank["instruction"]) == (
+        reranker_path,
+        5,
+        "",
+    )
+    assert rows_by_name["st:model"]["baseline"] == f"st:{minilm_folder()}"
+    assert result["runs"][0]["significance"] is None
+    for row in result["runs"][1:]:
+        assert row["significance"]["compare_to"] == "embed-eos [no instruction]"
+        assert set(row["significance"]["p_values"]) == set(row["metrics"])
+        assert len(row["per_query"]) == 30
+    assert "p(ndcg@10)" in done.stdout and " ref " in done.stdout
     assert result["dataset"]["queries"] == 30 and result["dataset"]["sample"] == 30
     # The table: every row, the metric columns, the best value of each marked.
     for name in names:
@@ -98,13 +134,15 @@ def test_eval_command_rows_files_and_real_signal(tmp_path, embed_eos_path, reran
     # The sample is the seed's: the same queries as the API's draw over the saved dataset.
     full = build_stdlib_dataset(modules=MODULES.split(","))
     data = full.sample(30, seed=4)
-    # JSON metrics == what ir-measures computes from the saved TREC run files.
+    # JSON metrics == what trec_eval computes from the saved TREC run files.
     for row in result["runs"]:
         run_file = Path(row["run_file"])
         assert run_file.parent == runs.resolve()
-        expected = _ir_measures_from_files(data.qrels, run_file)
+        expected = _trec_eval_from_file(data.qrels, run_file)
         for metric, value in expected.items():
             assert row["metrics"][metric] == pytest.approx(value, abs=1e-12), (row["name"], metric)
+        for qid, values in row["per_query"].items():  # the means are of these values
+            assert qid in data.queries and set(values) == set(row["metrics"])
         assert all(len(q) <= 100 for q in _by_query(run_file).values())
 
     # Real signal: BM25 and MiniLM far above random, and they disagree with each other.
@@ -151,6 +189,7 @@ def test_eval_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     assert "--dimensions" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_eval_searches_an_indexed_chroma_collection(tmp_path, capsys, embed_eos_path):
     import chromadb
     from chromadb.config import Settings

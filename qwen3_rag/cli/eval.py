@@ -1,10 +1,18 @@
-"""``qwen3-rag eval``: retrieval quality of embedders, rerankers and baselines on your data."""
+"""``qwen3-rag eval``: retrieval quality of embedders, rerankers and baselines on your data.
+
+With ``--search-instructions`` it searches for the query instruction instead: candidates on a
+dev split of the queries, the best reported on the held-out rest (see
+:mod:`qwen3_rag.eval.instructions`).
+
+This module holds the parser and the command; what it reads and checks is in
+:mod:`.eval_inputs`, the instruction search in :mod:`.eval_search`, the text it prints in
+:mod:`.eval_report`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import sys
@@ -23,49 +31,25 @@ from qwen3_rag.cli.common import (
     model_reference,
     out,
 )
+from qwen3_rag.cli.eval_inputs import (
+    _check_request,
+    _collection_run,
+    _dataset_json,
+    _dimensions,
+    _embedder,
+    _fraction,
+    _load,
+    _positive,
+    _require_eval,
+)
+from qwen3_rag.cli.eval_report import format_table
+from qwen3_rag.cli.eval_search import LLM_CACHE_FILE, _candidates, _search
 from qwen3_rag.core import DEFAULT_EMBEDDING_MODEL, RuntimeConfig
 
 #: Where corpus vectors are kept between runs unless ``--eval-cache`` says otherwise.
 DEFAULT_EVAL_CACHE = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "qwen3-rag" / "eval"
-EVAL_INSTALL = 'pip install "qwen3-rag[eval]"'
-#: DATA naming the built-in code-search set (qwen3_rag.eval.stdlib), optionally ``stdlib:a,b``.
-STDLIB = "stdlib"
-
-
-def _require_eval() -> None:
-    import importlib
-
-    for name in ("ir_measures", "bm25s"):
-        try:
-            importlib.import_module(name)
-        except ImportError as e:
-            raise CliError(f"{name} is not installed; qwen3-rag eval needs: {EVAL_INSTALL}") from e
-
-
-def _dimensions(text: str) -> list[int | None]:
-    values: list[int | None] = []
-    for part in text.split(","):
-        part = part.strip()
-        if part in ("", "full", "none"):
-            values.append(None)
-            continue
-        try:
-            values.append(int(part))
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"--dimensions takes a comma list of integers (or 'full'), got {part!r}"
-            ) from None
-    return values
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+#: Where ``--search-instructions`` writes its choice unless ``--save-instruction`` says otherwise.
+DEFAULT_INSTRUCTION_FILE = "instruction.json"
 
 
 def _safe_name(name: str, taken: set[str]) -> str:
@@ -77,144 +61,27 @@ def _safe_name(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def format_table(rows: list[dict[str, Any]], metrics: list[str]) -> list[str]:
-    """The result table: one row per run, the best value of each column marked with ``*``."""
-    best = {
-        m: max((r["metrics"][m] for r in rows if not math.isnan(r["metrics"][m])), default=None)
-        for m in metrics
-    }
-    header = ["run", *metrics, "seconds"]
-    body = []
-    for r in rows:
-        cells = [r["name"]]
-        for m in metrics:
-            value = r["metrics"][m]
-            mark = "*" if best[m] is not None and value == best[m] and len(rows) > 1 else " "
-            cells.append(f"{value:.4f}{mark}")
-        cells.append(f"{r['seconds']:.1f}")
-        body.append(cells)
-    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-
-    def fmt(cells: list[str]) -> str:
-        first = cells[0].ljust(widths[0])
-        rest = [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
-        return "  ".join([first, *rest]).rstrip()
-
-    lines = [fmt(header), fmt(["-" * w for w in widths])]
-    lines += [fmt(cells) for cells in body]
-    if len(rows) > 1:
-        lines.append("* best value in its column")
-    return lines
-
-
-def _collection_run(args: argparse.Namespace, dataset: Any, progress: bool) -> tuple[Any, str, Any]:
-    """Search an indexed Chroma collection: (run, row name, texts of the returned documents)."""
-    from qwen3_rag.cli.common import require
-    from qwen3_rag.cli.store import (
-        db_path,
-        embedder_for_query,
-        open_client,
-        open_collection_with,
-        storage_errors,
-        stored_config,
-    )
-    from qwen3_rag.eval.evaluate import model_label
-    from qwen3_rag.eval.runs import RUN_DEPTH
-
-    require("chromadb")
-    hint = "run `qwen3-rag index` again"
-    client = open_client(args, write=False, rebuild_hint=hint)
-    with storage_errors(db_path(args), hint):
-        stored = stored_config(client, args.collection)
-        if stored is None:
-            raise CliError(f"collection {args.collection!r} does not exist")
-        embedder = embedder_for_query(args, stored)
-        collection = open_collection_with(client, args.collection, embedder)
-        count = collection.count()
-        if count == 0:
-            raise CliError(f"collection {args.collection!r} is empty")
-        query_ids = list(dataset.queries)
-        vectors = embedder.embed_queries([dataset.queries[q] for q in query_ids])
-        run: dict[str, dict[str, float]] = {}
-        texts: dict[str, str] = {}
-        unknown: set[str] = set()
-        from tqdm.auto import tqdm
-
-        for start in tqdm(
-            range(0, len(query_ids), 64), desc="search", unit="batch", disable=not progress
-        ):
-            hits = collection.query(
-                query_embeddings=vectors[start : start + 64],
-                n_results=min(RUN_DEPTH, count),
-                include=["documents", "metadatas", "distances"],
-            )
-            for row, qid in enumerate(query_ids[start : start + 64]):
-                docs: dict[str, float] = {}
-                for rid, meta, doc, dist in zip(
-                    hits["ids"][row],
-                    hits["metadatas"][row],
-                    hits["documents"][row],
-                    hits["distances"][row],
-                    strict=True,
-                ):
-                    key = str((meta or {}).get(args.id_field, "")) if args.id_field else rid
-                    if key not in dataset.corpus:
-                        unknown.add(key)
-                    # Cosine distance (qwen3-rag's collections) -> similarity; in any space
-                    # the order, all that the metrics read, is the collection's own.
-                    score = 1.0 - float(dist)
-                    if score > docs.get(key, -math.inf):  # several chunks of one document
-                        docs[key] = score
-                        # The reranker sees this chunk (the last best one any query found).
-                        texts[key] = doc or ""
-                run[qid] = docs
-    if unknown and len(unknown) == len({k for d in run.values() for k in d}):
-        how = f"metadata field {args.id_field!r}" if args.id_field else "record ids"
-        raise CliError(
-            f"none of the ids the collection {args.collection!r} returned ({how}, e.g. "
-            f"{sorted(unknown)[0]!r}) is a document id of the dataset; name the metadata field "
-            "that holds them with --id-field"
-        )
-    name = f"{model_label(embedder.model_name)} (collection {args.collection})"
-    return run, name, texts
-
-
-def _load(args: argparse.Namespace) -> Any:
-    """The dataset DATA names: a BEIR folder, a QA file, or ``stdlib[:module,...]``."""
-    from qwen3_rag.eval import build_stdlib_dataset, load_dataset
-
-    data = str(args.data)
-    if not Path(data).exists() and (data == STDLIB or data.startswith(STDLIB + ":")):
-        modules = [m.strip() for m in data[len(STDLIB) + 1 :].split(",") if m.strip()]
-        return build_stdlib_dataset(modules=modules or None)
-    return load_dataset(
-        data, split=args.split, question=args.question_field, answer=args.answer_field
-    )
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
     """Load the data, make every requested run, print and write the results."""
     _require_eval()
     from qwen3_rag.eval import DataError, evaluate, parse_metrics, write_beir, write_trec_run
+    from qwen3_rag.eval.evaluate import legend
 
     try:
         metrics = list(parse_metrics(args.metrics))
     except ValueError as e:
         raise CliError(str(e)) from e
-    if args.collection is not None and (args.instructions or args.dimensions):
-        raise CliError(
-            "--instruction and --dimensions do not apply to --collection: it is searched with "
-            "the model and options it was built with"
-        )
+    _check_request(args)
     options = given_options(args, RuntimeConfig)
     check_options(RuntimeConfig, options)
+    candidates = _candidates(args)
     progress = not args.quiet
     started = time.perf_counter()
     try:
         dataset = _load(args)
         if args.save_dataset:
-            write_beir(dataset, args.save_dataset, args.split)
-    except (DataError, ValueError) as e:
+            write_beir(dataset, args.save_dataset, args.split, overwrite=args.overwrite)
+    except (DataError, ValueError, FileExistsError) as e:
         raise CliError(str(e)) from e
     if args.sample is not None:
         dataset = dataset.sample(args.sample, args.seed)
@@ -223,23 +90,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"eval: {dataset.name}: {len(dataset.queries)} queries, "
             f"{len(dataset.corpus)} documents\n"
         )
+    if args.search_instructions:
+        return _search(args, dataset, metrics, options, candidates, progress)
     embedder = reranker = None
     dense_run = dense_name = dense_texts = None
     dense_seconds = 0.0
-    from qwen3_rag.cli.store import model_hint
-    from qwen3_rag.core import Qwen3Embedder, Qwen3Reranker
+    from qwen3_rag.cli.common import model_hint
+    from qwen3_rag.core import Qwen3Reranker
 
     if args.collection is not None:
         searched = time.perf_counter()
         dense_run, dense_name, dense_texts = _collection_run(args, dataset, progress)
         dense_seconds = time.perf_counter() - searched
     elif args.embedding_model is not None or not args.baselines:
-        with model_hint("--embedding-model", "EMBED_MODEL"):
-            embedder = Qwen3Embedder(
-                model_reference(args.embedding_model or DEFAULT_EMBEDDING_MODEL),
-                show_progress=progress,
-                **options,
-            )
+        embedder = _embedder(args, options, progress)
     if args.reranker_model is not None:
         reranker_options = {k: v for k, v in options.items() if k != "revision"}
         with model_hint("--reranker-model", "RERANK_MODEL"):
@@ -265,8 +129,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             dense_seconds=dense_seconds,
             progress=progress,
             device=options.get("device"),
+            compare_to=args.compare_to,
+            permutations=args.permutations,
+            seed=args.seed,
         )
-    except DataError as e:
+    except (DataError, ValueError) as e:
         raise CliError(str(e)) from e
     if args.save_runs:
         taken: set[str] = set()
@@ -274,13 +141,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             path = Path(args.save_runs) / f"{_safe_name(row.name, taken)}.trec"
             row.run_file = write_trec_run(row.run, path, row.name).resolve()
     result: dict[str, Any] = {
-        "dataset": {
-            "name": dataset.name,
-            "path": str(Path(args.data).resolve()),
-            "queries": len(dataset.queries),
-            "documents": len(dataset.corpus),
-            "sample": args.sample,
-            "seed": args.seed if args.sample is not None else None,
+        "dataset": _dataset_json(args, dataset),
+        "significance": {
+            "test": "paired randomization (sign flip) test of the per-query values",
+            "permutations": args.permutations,
+            "seed": args.seed,
         },
         "runs": [row.as_json() for row in rows],
     }
@@ -293,7 +158,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         plot_results(rows, dataset, args.plot, title=dataset.name)
     out(f"{dataset.name}: {len(dataset.queries)} queries, {len(dataset.corpus)} documents")
-    for line in format_table(result["runs"], metrics):
+    for line in format_table([row.as_json(per_query=False) for row in rows], metrics):
+        out(line)
+    for line in legend(rows):
         out(line)
     if args.json:
         out(f"results: {args.json}")
@@ -339,7 +206,8 @@ def register(sub: Any) -> None:
         dest="instructions",
         action="append",
         default=None,
-        help='query instruction, one row each (repeatable; "" = none; default: the model\'s own)',
+        help='query instruction, one row each (repeatable; "" = none; default: the model\'s '
+        "own); rows name them I1, I2... and a legend line prints each in full",
     )
     p.add_argument(
         "--dimensions",
@@ -363,6 +231,20 @@ def register(sub: Any) -> None:
         help="comma list (default: ndcg@10,recall@5,recall@10,recall@30,recall@100,"
         "mrr@10,map@100); also precision@k",
     )
+    significance = p.add_argument_group("significance")
+    significance.add_argument(
+        "--compare-to",
+        default=None,
+        metavar="ROW",
+        help="the row every other is tested against: its name or its number (1 = first); "
+        "default: the first dense row",
+    )
+    significance.add_argument(
+        "--permutations",
+        type=_positive,
+        default=10_000,
+        help="resamples of each paired randomization test (default: 10000; seeded by --seed)",
+    )
     data = p.add_argument_group("data")
     data.add_argument("--split", default="test", help="BEIR qrels split (default: test)")
     data.add_argument(
@@ -379,15 +261,31 @@ def register(sub: Any) -> None:
         default=None,
         help="evaluate N queries drawn at random (the corpus stays whole)",
     )
-    data.add_argument("--seed", type=int, default=0, help="seed of --sample (default: 0)")
+    data.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of --sample, the significance tests and the dev/test split (default: 0)",
+    )
     data.add_argument(
         "--save-dataset",
         default=None,
         metavar="DIR",
-        help="also write the whole dataset (before --sample) as a BEIR folder",
+        help="also write the whole dataset (before --sample) as a BEIR folder (a new or empty "
+        "one, unless --overwrite)",
+    )
+    data.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let --save-dataset replace the dataset files of a non-empty folder",
     )
     output = p.add_argument_group("output")
-    output.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
+    output.add_argument(
+        "--json",
+        default=None,
+        metavar="PATH",
+        help="write the results as JSON (what each row is, metrics, p-values, per-query values)",
+    )
     output.add_argument(
         "--save-runs", default=None, metavar="DIR", help="write one TREC run file (top 100) per row"
     )
@@ -398,6 +296,80 @@ def register(sub: Any) -> None:
         help="save recall@k curves and nDCG@10 bars (PNG, SVG or PDF)",
     )
     add_output_flags(output)
+    search = p.add_argument_group(
+        "instruction search (instead of the rows above): candidates scored on a dev split of "
+        "the queries, the best reported on the held-out rest against the default instruction"
+    )
+    search.add_argument(
+        "--search-instructions",
+        action="store_true",
+        help="search for the query instruction; candidates: --instruction, --candidates, "
+        "--propose (the model's own is always one)",
+    )
+    search.add_argument(
+        "--candidates", default=None, metavar="FILE", help="candidate instructions, one a line"
+    )
+    search.add_argument(
+        "--propose",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="also ask an LLM (--llm-model, --llm-url) for N instructions, shown dev queries",
+    )
+    search.add_argument(
+        "--dev-fraction",
+        type=_fraction,
+        default=0.5,
+        help="share of the queries that choose (default: 0.5); the rest report",
+    )
+    search.add_argument(
+        "--search-metric",
+        default=None,
+        help="the metric that chooses (default: the first of --metrics, ndcg@10)",
+    )
+    search.add_argument(
+        "--save-instruction",
+        default=DEFAULT_INSTRUCTION_FILE,
+        metavar="PATH",
+        help=f"JSON file of the choice and its evidence (default: {DEFAULT_INSTRUCTION_FILE})",
+    )
+    search.add_argument(
+        "--llm-model",
+        default=None,
+        help="a local causal LM folder, or with --llm-url the endpoint's model name",
+    )
+    search.add_argument(
+        "--llm-url",
+        default=None,
+        help="an OpenAI-compatible endpoint, e.g. http://localhost:8000/v1",
+    )
+    search.add_argument(
+        "--llm-api-key-env",
+        default="OPENAI_API_KEY",
+        help="environment variable holding the endpoint's key (default: OPENAI_API_KEY)",
+    )
+    search.add_argument(
+        "--llm-cache",
+        default=None,
+        metavar="PATH",
+        help=f"reply cache of the proposals; a re-run resumes from it (default: "
+        f"{LLM_CACHE_FILE} in --eval-cache)",
+    )
+    search.add_argument(
+        "--temperature", type=float, default=0.7, help="LLM sampling temperature (default: 0.7)"
+    )
+    search.add_argument(
+        "--max-new-tokens",
+        type=_positive,
+        default=512,
+        help="longest LLM reply in tokens (default: 512)",
+    )
+    search.add_argument(
+        "--retries", type=int, default=5, help="retries of a failed LLM request (default: 5)"
+    )
+    search.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds per LLM request (default: 120)"
+    )
     cache = p.add_argument_group("corpus-vector cache")
     cache.add_argument(
         "--eval-cache",

@@ -178,16 +178,54 @@ def load_beir(path: str | os.PathLike[str], split: str = "test") -> Dataset:
     )
 
 
-def write_beir(dataset: Dataset, path: str | os.PathLike[str], split: str = "test") -> Path:
+def check_new_folder(path: str | os.PathLike[str], overwrite: bool = False) -> Path:
+    """Refuse to write a dataset into a folder that already holds something.
+
+    A dataset written over another one would mix them (or silently replace the one a user
+    meant to keep), so a writer asks for a missing or empty folder unless told to overwrite.
+
+    Raises:
+        FileExistsError: If ``path`` is a file, or a non-empty folder and not ``overwrite``.
+    """
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{str(folder)!r} is a file; give a folder for the dataset")
+    if not overwrite and folder.is_dir():
+        entries = sorted(p.name for p in folder.iterdir())
+        if entries:
+            raise FileExistsError(
+                f"{str(folder)!r} is not empty ({len(entries)} entries, e.g. {entries[0]!r}); "
+                "give a new folder, or overwrite=True (--overwrite) to replace its dataset files"
+            )
+    return folder
+
+
+def write_beir(
+    dataset: Dataset,
+    path: str | os.PathLike[str],
+    split: str = "test",
+    *,
+    overwrite: bool = False,
+) -> Path:
     """Write ``dataset`` as a BEIR folder that :func:`load_beir` reads back unchanged.
 
     Documents are written with an empty ``title`` (their text already holds any title). Each
     file is written to a temporary name and renamed, so a kill never leaves half a file.
 
+    Args:
+        dataset: The data.
+        path: The folder; it must be missing or empty unless ``overwrite``.
+        split: The qrels file name (``qrels/<split>.tsv``).
+        overwrite: Replace ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv`` in a
+            non-empty folder (its other files stay).
+
     Returns:
         The folder.
+
+    Raises:
+        FileExistsError: If ``path`` is a file, or a non-empty folder and not ``overwrite``.
     """
-    folder = Path(path)
+    folder = check_new_folder(path, overwrite)
     corpus = "".join(
         json.dumps({"_id": i, "title": "", "text": t}, ensure_ascii=False) + "\n"
         for i, t in dataset.corpus.items()

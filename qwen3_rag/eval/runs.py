@@ -9,7 +9,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -17,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from qwen3_rag.datafiles import write_atomic
+from qwen3_rag.datafiles import open_atomic, write_atomic
 
 from .data import DataError, Dataset
-from .metrics import Run
+from .metrics import Run, trec_order
 
 logger = logging.getLogger("qwen3_rag.eval")
 
@@ -89,15 +88,8 @@ class VectorCache:
     def put(self, key: Mapping[str, Any], ids: Sequence[str], vectors: np.ndarray) -> Path:
         """Store ``vectors`` (rows in ``ids`` order) under ``key``."""
         path, text = self._path(key)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, key=np.array(text), ids=np.array(list(ids)), vectors=vectors)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with open_atomic(path) as handle:
+            np.savez(handle, key=np.array(text), ids=np.array(list(ids)), vectors=vectors)
         return path
 
 
@@ -200,16 +192,8 @@ def bm25_run(dataset: Dataset, depth: int = RUN_DEPTH) -> Run:
     }
 
 
-def st_run(
-    model: str,
-    dataset: Dataset,
-    *,
-    cache: VectorCache | None = None,
-    depth: int = RUN_DEPTH,
-    progress: bool = False,
-    device: str | None = None,
-) -> Run:
-    """Exact search with a sentence-transformers model (its own query/document prompts, if any).
+def load_sentence_transformer(model: str, device: str | None = None) -> Any:
+    """A sentence-transformers model, loaded (a hub id offline needs it in the cache).
 
     Raises:
         ValueError: If the model cannot be loaded (the message names it).
@@ -217,9 +201,36 @@ def st_run(
     from sentence_transformers import SentenceTransformer
 
     try:
-        st = SentenceTransformer(model, device=device)
+        return SentenceTransformer(model, device=device)
     except Exception as e:  # ST raises OSError, ValueError, HF errors...
         raise ValueError(f"cannot load sentence-transformers model {model!r}: {e}") from e
+
+
+def st_run(
+    model: str,
+    dataset: Dataset,
+    *,
+    loaded: Any | None = None,
+    cache: VectorCache | None = None,
+    depth: int = RUN_DEPTH,
+    progress: bool = False,
+    device: str | None = None,
+) -> Run:
+    """Exact search with a sentence-transformers model (its own query/document prompts, if any).
+
+    Args:
+        model: Its hub id or folder (the cache key names it).
+        dataset: The data.
+        loaded: ``model`` already loaded by :func:`load_sentence_transformer`; None loads it.
+        cache: Corpus-vector cache, or None.
+        depth: Documents kept per query.
+        progress: Show progress bars.
+        device: Device to load it on (when not ``loaded``).
+
+    Raises:
+        ValueError: If the model cannot be loaded (the message names it).
+    """
+    st = loaded if loaded is not None else load_sentence_transformer(model, device)
     prompts = getattr(st, "prompts", {}) or {}
     doc_prompt = (
         "document" if "document" in prompts else ("passage" if "passage" in prompts else None)
@@ -259,13 +270,17 @@ def rrf(runs: Sequence[Run], k: int = RRF_K, depth: int = RUN_DEPTH) -> Run:
         for run in runs:
             for rank, doc in enumerate(ranked(run.get(qid, {})), 1):
                 scores[doc] = scores.get(doc, 0.0) + 1.0 / (k + rank)
-        fused[qid] = dict(sorted(scores.items(), key=lambda x: (-x[1], x[0]))[:depth])
+        fused[qid] = {d: scores[d] for d in trec_order(scores)[:depth]}
     return fused
 
 
 def ranked(docs: Mapping[str, float]) -> list[str]:
-    """Document ids best first; ties broken by id, as trec_eval breaks them."""
-    return [d for d, _ in sorted(docs.items(), key=lambda x: (-x[1], x[0]), reverse=False)]
+    """Document ids best first, ties in trec_eval's order (see :func:`~.metrics.trec_order`).
+
+    The metrics read a run in this order, so reranking, fusion and the rank column of a TREC
+    run file use it too.
+    """
+    return trec_order(docs)
 
 
 def rerank_run(

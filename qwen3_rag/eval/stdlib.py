@@ -17,7 +17,7 @@ import re
 import textwrap
 from pathlib import Path
 
-from .data import DataError, Dataset, write_beir
+from .data import DataError, Dataset, check_new_folder, write_beir
 
 #: Pure-Python modules with many documented functions, used when ``modules`` is not given.
 DEFAULT_MODULES = (
@@ -160,6 +160,7 @@ def stdlib_code_search(
     seed: int = 0,
     max_queries: int | None = None,
     split: str = "test",
+    overwrite: bool = False,
 ) -> Path:
     """Build a BEIR folder from the Python standard library's functions, offline.
 
@@ -180,12 +181,15 @@ def stdlib_code_search(
         max_queries: Keep this many queries, drawn at random; None keeps all. The corpus keeps
             every function, so the other ones are distractors.
         split: The qrels file name.
+        overwrite: Replace the dataset files of a non-empty ``out_dir`` (else refused).
 
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`.
 
     Raises:
         DataError: If a module is not found or has no Python source.
+        FileExistsError: If ``out_dir`` is a file, or a non-empty folder and not ``overwrite``.
     """
+    check_new_folder(out_dir, overwrite)  # before the sources are parsed
     dataset = build_stdlib_dataset(modules=modules, seed=seed, max_queries=max_queries)
-    return write_beir(dataset, out_dir, split)
+    return write_beir(dataset, out_dir, split, overwrite=overwrite)
