@@ -3,11 +3,18 @@
 All three run one after another in this process, on the same inputs and the same weights
 (random weights of the official Qwen3-*-0.6B shape, built on first use: speed does not depend on
 the values). Prints a table of tokens/s, pairs/s, peak memory, ratios and the largest deviation
-between systems.
+between systems. Then this library alone in each precision (float32 and bfloat16 on the CPU),
+side by side: throughput, each precision's share of its own GEMM ceiling, and fidelity to
+float32 (min cosine, max score difference, top-10 agreement), with the CPU's flags.
 
-    python benchmarks/bench.py                 # CPU, fp32, about 10 minutes on 2 cores
+    python benchmarks/bench.py                 # CPU, fp32, about 11 minutes on 2 cores
     python benchmarks/bench.py --device cuda   # bf16 on a GPU, plus a 512-token throughput run
     python benchmarks/bench.py --smoke         # tiny model, seconds (run by the test suite)
+    python benchmarks/bench.py --no-peers --shape small --precisions float32,bfloat16
+                                               # precisions only, small model: minutes
+
+bfloat16 is measured on the CPU by default only where the CPU has native bfloat16 (AVX512_BF16
+or AMX); elsewhere it is many times slower than float32, and ``--precisions`` asks for it.
 """
 
 from __future__ import annotations
@@ -32,14 +39,39 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the random-checkpoint builder lives with the tests
 sys.path.insert(0, str(ROOT / "examples"))
 
+from bench_index import SHAPES  # noqa: E402
+
 from qwen3_rag import Qwen3Embedder, Qwen3Reranker  # noqa: E402
 from qwen3_rag.core import spec as prompts  # noqa: E402
-from qwen3_rag.train.trainer import write_sentence_transformers_files  # noqa: E402
+from qwen3_rag.core.config import normalize_dtype  # noqa: E402
+from qwen3_rag.core.loading import cpu_features, cpu_native_bf16  # noqa: E402
+from qwen3_rag.train.model_files import write_sentence_transformers_files  # noqa: E402
 
 from _common import paragraphs  # noqa: E402
 from tiny_models import OFFICIAL_0_6B, build_checkpoint  # noqa: E402
 
+SHAPES = {**SHAPES, "0.6b": OFFICIAL_0_6B}
+#: /proc/cpuinfo flags that decide low-precision matmul speed (printed when present).
+CPU_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
+
 QUERY = "How should I rotate an API key without downtime?"
+
+
+def mlp_shape(model_dir: Path) -> tuple[int, int]:
+    """Hidden and intermediate size of the checkpoint: the MLP's matmul shape."""
+    c = json.loads((model_dir / "config.json").read_text())
+    return c["hidden_size"], c["intermediate_size"]
 
 
 def flop_per_token(model_dir: Path, length: float) -> float:
@@ -267,21 +299,33 @@ def each(
     return out
 
 
-def gemm_gflops(device: str, dtype: torch.dtype) -> float:
-    """Throughput of a [2048 x 1024] @ [1024 x 3072] matmul, the 0.6B MLP's shape."""
-    a = torch.randn(2048, 1024, device=device, dtype=dtype)
-    b = torch.randn(1024, 3072, device=device, dtype=dtype)
-    n = 10 if device == "cpu" else 200
-    for _ in range(3):
-        a @ b
+def gemm_gflops(device: str, dtype: torch.dtype, shape: tuple[int, int] = (1024, 3072)) -> float:
+    """Throughput of the MLP's up-projection on 2,048 tokens: ``linear([2048, hidden], W)``.
+
+    ``W`` is ``[intermediate, hidden]``, the layout of an ``nn.Linear`` weight, because kernels
+    differ by layout: on a CPU without native bfloat16, ``a @ b`` in bfloat16 runs about 15x
+    slower than the same product as a linear layer, which is what the model runs. On the CPU
+    the products repeat for at least a second (after one warm-up), so a slow dtype costs
+    seconds, not minutes.
+    """
+    hidden, inter = shape
+    a = torch.randn(2048, hidden, device=device, dtype=dtype)
+    w = torch.randn(inter, hidden, device=device, dtype=dtype)
+    torch.nn.functional.linear(a, w)
     if device.startswith("cuda"):
+        for _ in range(2):
+            torch.nn.functional.linear(a, w)
         torch.cuda.synchronize()
     t = time.perf_counter()
-    for _ in range(n):
-        a @ b
+    n = 0
+    while n < (200 if device.startswith("cuda") else 2) or (
+        device == "cpu" and time.perf_counter() - t < 1.0
+    ):
+        torch.nn.functional.linear(a, w)
+        n += 1
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return 2 * 2048 * 1024 * 3072 * n / (time.perf_counter() - t) / 1e9
+    return 2 * 2048 * hidden * inter * n / (time.perf_counter() - t) / 1e9
 
 
 # -- runs ----------------------------------------------------------------------------------
@@ -289,17 +333,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     work = Path(args.work).resolve()
-    shape = None if args.smoke else OFFICIAL_0_6B
-    emb_dir = (
-        Path(args.embedding_model)
-        if args.embedding_model
-        else work / ("emb-tiny" if args.smoke else "emb-0.6b")
-    )
-    rr_dir = (
-        Path(args.reranker_model)
-        if args.reranker_model
-        else work / ("rr-tiny" if args.smoke else "rr-0.6b")
-    )
+    shape = SHAPES["tiny" if args.smoke else args.shape]
+    name = "tiny" if args.smoke else args.shape
+    emb_dir = Path(args.embedding_model) if args.embedding_model else work / f"emb-{name}"
+    rr_dir = Path(args.reranker_model) if args.reranker_model else work / f"rr-{name}"
     if not emb_dir.exists():
         build_checkpoint(emb_dir, "embedding", shape=shape, eos_postprocessor=True)
     if not rr_dir.exists():
@@ -312,19 +349,80 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "dtype": str(dtype).replace("torch.", ""),
         "torch": torch.__version__,
+        "shape": "given checkpoints" if args.embedding_model else name,
     }
     import sentence_transformers
     import transformers
 
     report["transformers"] = transformers.__version__
     report["sentence_transformers"] = sentence_transformers.__version__
+    if device == "cpu":
+        report["cpu"] = cpu_report()
+    if not args.no_peers:
+        compare_peers(args, device, dtype, emb_dir, rr_dir, docs, pairs, work, report)
+    precisions = args.precisions
+    if precisions is None:
+        # bfloat16 without native support is many times slower than float32 (the library
+        # warns): measured by default only where it can be fast, or in the tiny smoke run.
+        native = device != "cpu" or cpu_native_bf16() or args.smoke
+        precisions = "float32,bfloat16" if native else "float32"
+        if not native:
+            report["precision_note"] = (
+                "bfloat16 not measured: this CPU has no native bfloat16 "
+                "(--precisions float32,bfloat16 measures it anyway)"
+            )
+    names = [normalize_dtype(p.strip()) for p in precisions.split(",") if p.strip()]
+    if names:
+        report["precision"] = compare_precisions(args, device, emb_dir, rr_dir, docs, pairs, names)
+
+    # GPU throughput at 512-token inputs ----------------------------------------------------
+    if device.startswith("cuda") and not args.smoke:
+        gflops = report.get("gemm_gflops") or gemm_gflops(device, dtype, mlp_shape(emb_dir))
+        report["gpu_512"] = gpu_throughput(emb_dir, device, gflops)
+        report["gpu_512"]["h100_roofline_tokens_per_s"] = round(
+            989e12 / flop_per_token(emb_dir, 512)
+        )
+    return report
+
+
+def cpu_report() -> dict[str, Any]:
+    """The CPU's model name and flags: as torch detects them, and as /proc/cpuinfo lists them."""
+    out: dict[str, Any] = {
+        "torch_features": cpu_features(),
+        "native_bf16": cpu_native_bf16(),
+    }
+    info = Path("/proc/cpuinfo")
+    if info.exists():
+        lines = info.read_text().splitlines()
+        model = next((x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")), "")
+        flags = next(
+            (set(x.split(":", 1)[1].split()) for x in lines if x.startswith("flags")), set()
+        )
+        out["model"] = model
+        out["flags"] = [f for f in CPU_FLAGS if f in flags]
+        out["flags_absent"] = [f for f in CPU_FLAGS if f not in flags]
+    return out
+
+
+def compare_peers(
+    args: argparse.Namespace,
+    device: str,
+    dtype: torch.dtype,
+    emb_dir: Path,
+    rr_dir: Path,
+    docs: list[str],
+    pairs: list[str],
+    work: Path,
+    report: dict[str, Any],
+) -> None:
+    """qwen3-rag, sentence-transformers and the model cards' code, in ``dtype``, into ``report``."""
     # A shared machine's speed drifts by 20% or more within minutes, so the GEMM rate is
     # sampled after every timed run too and the ceiling uses the fastest sample: a noisy
     # sample can only make the ceiling higher and our share of it lower.
-    gemm_samples = [gemm_gflops(device, dtype)]
+    gemm_samples = [gemm_gflops(device, dtype, mlp_shape(emb_dir))]
 
     def probe() -> None:
-        gemm_samples.append(gemm_gflops(device, dtype))
+        gemm_samples.append(gemm_gflops(device, dtype, mlp_shape(emb_dir)))
 
     # Embedding ------------------------------------------------------------------------
     from sentence_transformers import CrossEncoder, SentenceTransformer
@@ -419,13 +517,95 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name, (s, t, mem) in rr_results.items()
     }
 
-    # GPU throughput at 512-token inputs ----------------------------------------------------
-    if device.startswith("cuda") and not args.smoke:
-        report["gpu_512"] = gpu_throughput(emb_dir, device, gflops)
-        report["gpu_512"]["h100_roofline_tokens_per_s"] = round(
-            989e12 / flop_per_token(emb_dir, 512)
+
+def top_k_agreement(scores: list[float], reference: list[float], k: int = 10) -> int:
+    """How many of the ``k`` best documents by ``reference`` are also in the ``k`` best by ``scores``.
+
+    Ties rank in input order, as :meth:`Qwen3Reranker.rerank` ranks them.
+    """
+    k = min(k, len(scores))
+
+    def top(values: list[float]) -> set[int]:
+        return set(sorted(range(len(values)), key=lambda i: (-values[i], i))[:k])
+
+    return len(top(scores) & top(reference))
+
+
+def measure_precision(
+    args: argparse.Namespace,
+    device: str,
+    dtype: torch.dtype,
+    emb_dir: Path,
+    rr_dir: Path,
+    docs: list[str],
+    pairs: list[str],
+) -> tuple[dict[str, Any], np.ndarray, list[float]]:
+    """This library's speed in ``dtype``, its share of the ``dtype`` GEMM ceiling, its outputs.
+
+    The GEMM rate is sampled in ``dtype`` before and after every timed run; the ceiling uses
+    the fastest sample.
+    """
+    samples = [gemm_gflops(device, dtype, mlp_shape(emb_dir))]
+
+    def probe() -> None:
+        samples.append(gemm_gflops(device, dtype, mlp_shape(emb_dir)))
+
+    emb = Qwen3Embedder(emb_dir, device=device, dtype=dtype, show_progress=False)
+    n_tokens = sum(len(ids) for ids in emb.encode_ids(docs))
+    vectors, t_embed, _ = timed(emb.embed_documents, docs, device, args.repeat, probe)
+    del emb  # one model in memory at a time
+    gc.collect()
+    rr = Qwen3Reranker(rr_dir, device=device, dtype=dtype, show_progress=False)
+    n_pair_tokens = sum(len(ids) for ids in rr.encode_ids(QUERY, pairs))
+    scores, t_rr, _ = timed(lambda d: rr.score(QUERY, d), pairs, device, args.repeat, probe)
+    gflops = max(samples)
+    ceiling = gflops * 1e9 / flop_per_token(emb_dir, n_tokens / len(docs))
+    row = {
+        "gemm_gflops": round(gflops, 1),
+        "gemm_gflops_samples": [round(g, 1) for g in samples],
+        "embed_tokens": n_tokens,
+        "embed_tokens_per_s": round(n_tokens / t_embed, 1),
+        "embed_pct_of_own_ceiling": round(100 * n_tokens / t_embed / ceiling, 1),
+        "rerank_tokens": n_pair_tokens,
+        "rerank_pairs_per_s": round(len(pairs) / t_rr, 2),
+        "rerank_tokens_per_s": round(n_pair_tokens / t_rr, 1),
+    }
+    return row, np.asarray(vectors, dtype=np.float32), list(scores)
+
+
+def compare_precisions(
+    args: argparse.Namespace,
+    device: str,
+    emb_dir: Path,
+    rr_dir: Path,
+    docs: list[str],
+    pairs: list[str],
+    names: list[str],
+) -> dict[str, Any]:
+    """This library in each dtype of ``names`` on the same inputs; fidelity against the first."""
+    rows: dict[str, dict[str, Any]] = {}
+    outputs: dict[str, tuple[np.ndarray, list[float]]] = {}
+    for name in names:
+        row, vectors, scores = measure_precision(
+            args, device, getattr(torch, name), emb_dir, rr_dir, docs, pairs
         )
-    return report
+        rows[name], outputs[name] = row, (vectors, scores)
+    base = rows[names[0]]
+    base_vectors, base_scores = outputs[names[0]]
+    for name, (vectors, scores) in outputs.items():
+        row = rows[name]
+        row["embed_speedup"] = round(row["embed_tokens_per_s"] / base["embed_tokens_per_s"], 2)
+        row["rerank_speedup"] = round(row["rerank_pairs_per_s"] / base["rerank_pairs_per_s"], 2)
+        row["min_cosine"] = float(np.min(np.sum(vectors * base_vectors, axis=1)))
+        row["max_abs_score_diff"] = float(np.max(np.abs(np.asarray(scores) - base_scores)))
+        row["top10_agreement"] = top_k_agreement(scores, base_scores)
+    return {
+        "baseline": names[0],
+        "embed_docs": len(docs),
+        "rerank_pairs": len(pairs),
+        "top_k": min(10, len(pairs)),
+        "rows": rows,
+    }
 
 
 def gpu_throughput(emb_dir: Path, device: str, gflops: float) -> dict[str, Any]:
@@ -476,7 +656,37 @@ def gpu_throughput(emb_dir: Path, device: str, gflops: float) -> dict[str, Any]:
 def table(report: dict[str, Any]) -> str:
     lines = [
         f"device: {report['device']} ({report['threads']} threads), {report['dtype']}, torch {report['torch']}, "
-        f"transformers {report['transformers']}, sentence-transformers {report['sentence_transformers']}",
+        f"transformers {report['transformers']}, sentence-transformers {report['sentence_transformers']}, "
+        f"model shape: {report['shape']}",
+    ]
+    if "cpu" in report:
+        cpu = report["cpu"]
+        torch_sees = ", ".join(
+            f"{k} {'yes' if v else 'no' if v is False else '?'}"
+            for k, v in cpu["torch_features"].items()
+        )
+        native = {True: "yes", False: "no", None: "unknown"}[cpu["native_bf16"]]
+        lines.append(
+            f"CPU: {cpu.get('model', 'unknown')}; torch detects {torch_sees}; native bfloat16: {native}"
+        )
+        if "flags" in cpu:
+            lines.append(
+                f"/proc/cpuinfo flags: {' '.join(cpu['flags']) or '-'} (absent: {' '.join(cpu['flags_absent']) or '-'})"
+            )
+    if "embedding" in report:
+        lines += peers_table(report)
+    if "precision" in report:
+        lines += precision_table(report["precision"])
+    if "precision_note" in report:
+        lines.append(report["precision_note"])
+    if "gpu_512" in report:
+        lines += ["", "GPU embedder throughput, 4,096 inputs x 512 tokens:"]
+        lines += [f"- {k}: {v}" for k, v in report["gpu_512"].items()]
+    return "\n".join(lines)
+
+
+def peers_table(report: dict[str, Any]) -> list[str]:
+    lines = [
         f"GEMM {report['gemm_gflops']} GFLOP/s (fastest of {len(report['gemm_gflops_samples'])} samples, "
         f"slowest {min(report['gemm_gflops_samples'])}) -> embedding ceiling {report['embedding_ceiling_tokens_per_s']} tok/s",
         "",
@@ -500,10 +710,27 @@ def table(report: dict[str, Any]) -> str:
             f"| {name} | {r['pairs_per_s']} | {r['tokens_per_s']} | {r['speedup']} | {r['peak_mem_mb']} | "
             f"{r['max_abs_score_diff_vs_ours']:.2e} |"
         )
-    if "gpu_512" in report:
-        lines += ["", "GPU embedder throughput, 4,096 inputs x 512 tokens:"]
-        lines += [f"- {k}: {v}" for k, v in report["gpu_512"].items()]
-    return "\n".join(lines)
+    return lines
+
+
+def precision_table(precision: dict[str, Any]) -> list[str]:
+    base, k = precision["baseline"], precision["top_k"]
+    first = next(iter(precision["rows"].values()))
+    lines = [
+        "",
+        f"Precision (qwen3-rag only): embedding {precision['embed_docs']} documents ({first['embed_tokens']} tokens), "
+        f"reranking 1 query x {precision['rerank_pairs']} documents ({first['rerank_tokens']} tokens); fidelity vs {base}",
+        f"| dtype | GEMM GFLOP/s (own) | embed tokens/s | % of own GEMM ceiling | x {base} | rerank pairs/s | x {base} "
+        f"| min cosine | max abs score diff | top-{k} agreement |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in precision["rows"].items():
+        lines.append(
+            f"| {name} | {r['gemm_gflops']} | {r['embed_tokens_per_s']} | {r['embed_pct_of_own_ceiling']}% | "
+            f"{r['embed_speedup']} | {r['rerank_pairs_per_s']} | {r['rerank_speedup']} | {r['min_cosine']:.6f} | "
+            f"{r['max_abs_score_diff']:.2e} | {r['top10_agreement']}/{k} |"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -512,18 +739,40 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument(
-        "--embedding-model", default=None, help="checkpoint folder (default: build random 0.6B)"
+        "--embedding-model", default=None, help="checkpoint folder (default: build a random one)"
     )
     p.add_argument(
-        "--reranker-model", default=None, help="checkpoint folder (default: build random 0.6B)"
+        "--reranker-model", default=None, help="checkpoint folder (default: build a random one)"
     )
     p.add_argument("--work", default=str(ROOT / ".bench"), help="folder for built checkpoints")
     p.add_argument("--docs", type=int, default=16, help="documents to embed")
     p.add_argument("--pairs", type=int, default=32, help="documents to rerank for one query")
     p.add_argument("--repeat", type=int, default=2, help="timed runs per system (best is kept)")
     p.add_argument("--smoke", action="store_true", help="tiny random model, few inputs")
+    p.add_argument(
+        "--shape",
+        choices=sorted(SHAPES),
+        default="0.6b",
+        help="shape of the random checkpoints (default: the official 0.6B; small: 4 layers, "
+        "hidden 256, for minutes-long runs)",
+    )
+    p.add_argument(
+        "--no-peers",
+        action="store_true",
+        help="skip sentence-transformers and the model cards' code (this library only)",
+    )
+    p.add_argument(
+        "--precisions",
+        default=None,
+        help="comma-separated dtypes to run this library in, the first the fidelity baseline "
+        "(default: float32,bfloat16; float32 alone on a CPU without native bfloat16); "
+        "'' for none",
+    )
     p.add_argument("--json", default=None, help="also write the report here")
     args = p.parse_args(argv)
+    for name in (args.precisions or "").split(","):
+        if name.strip() and normalize_dtype(name.strip()) == "auto":
+            p.error("--precisions takes dtypes (float32, bfloat16, float16), not 'auto'")
     if "MALLOC_MMAP_THRESHOLD_" not in os.environ and argv is None:
         # glibc raises its mmap threshold after the first large free, after which freed
         # activations stay in the heap and later runs reuse them without growing RSS: peak

@@ -7,8 +7,15 @@ if __name__ != "qwen3_rag.core":  # pragma: no cover - only reached through a wr
 
 from .config import EmbedderConfig, RerankerConfig, RuntimeConfig
 from .embedder import Qwen3Embedder
-from .errors import ModelLoadError, NonFiniteOutputError, OutOfMemoryError, Qwen3RagError
+from .errors import (
+    InvalidInputError,
+    ModelLoadError,
+    NonFiniteOutputError,
+    OutOfMemoryError,
+    Qwen3RagError,
+)
 from .reranker import Qwen3Reranker, RerankResult
+from .runtime import Encoded
 from .spec import (
     DEFAULT_EMBEDDING_MODEL,
     DEFAULT_RERANKER_MODEL,
@@ -22,6 +29,8 @@ __all__ = [
     "DEFAULT_RERANKER_MODEL",
     "DEFAULT_TASK",
     "EmbedderConfig",
+    "Encoded",
+    "InvalidInputError",
     "ModelLoadError",
     "NonFiniteOutputError",
     "OutOfMemoryError",

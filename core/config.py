@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from .errors import InvalidInputError
 from .spec import DEFAULT_TASK, MIN_DIMENSIONS
 
 #: dtype names accepted everywhere; aliases are normalised to the first name of each row.
@@ -73,7 +74,10 @@ class RuntimeConfig:
         None, "characters kept per input before tokenizing; None: 64 x max_length"
     )
     show_progress: bool | None = _option(
-        None, "progress bar: True, False, or None for long jobs only", cli=False
+        None,
+        "progress bars: True (the weight loading's too), False, or None: long jobs only, and "
+        "only where logging is at INFO (as sentence-transformers does)",
+        cli=False,
     )
     compile: bool = _option(False, "torch.compile the model (GPU throughput jobs)")
 
@@ -87,7 +91,9 @@ class RuntimeConfig:
             try:
                 torch.device(self.device)
             except (RuntimeError, TypeError) as e:
-                raise ValueError(f"device={self.device!r} is not a valid torch device") from e
+                raise InvalidInputError(
+                    f"device={self.device!r} is not a valid torch device"
+                ) from e
         set_(self, "dtype", normalize_dtype(self.dtype))
         _check_int(self.max_length, "max_length", minimum=2)
         _check_optional_str(self.revision, "revision")
@@ -99,7 +105,7 @@ class RuntimeConfig:
             self.attn_implementation is not None
             and self.attn_implementation not in ATTN_IMPLEMENTATIONS
         ):
-            raise ValueError(
+            raise InvalidInputError(
                 f"attn_implementation={self.attn_implementation!r}; "
                 f"use one of {', '.join(ATTN_IMPLEMENTATIONS)}"
             )
@@ -165,7 +171,7 @@ class RerankerConfig(RuntimeConfig):
         _check_bool(self.share_prefix, "share_prefix")
         share = self.max_query_share
         if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
-            raise ValueError(
+            raise InvalidInputError(
                 f"max_query_share must be a number between 0 and 1 (exclusive), got {share!r}"
             )
         object.__setattr__(self, "max_query_share", float(share))
@@ -212,15 +218,42 @@ def normalize_dtype(dtype: object) -> str:
     else:
         raise TypeError(f"dtype must be a str or torch.dtype, got {type(dtype).__name__}")
     if name not in DTYPE_NAMES:
-        raise ValueError(f"dtype={dtype!r} is not supported; use one of {', '.join(DTYPE_NAMES)}")
+        raise InvalidInputError(
+            f"dtype={dtype!r} is not supported; use one of {', '.join(DTYPE_NAMES)}"
+        )
     return name
+
+
+def check_dimensions(dimensions: object, hidden_size: int, model: object) -> int:
+    """Require an output size (MRL) that ``model`` can give: an int from 32 to ``hidden_size``.
+
+    The one range check for ``dimensions`` (the core, the CLI, the server and evaluation call
+    it), so the refusal reads the same wherever a size is asked for.
+
+    Raises:
+        ValueError: Naming the value, the model and its range.
+
+    Example:
+        >>> check_dimensions(256, 1024, "Qwen/Qwen3-Embedding-0.6B")
+        256
+    """
+    if (
+        isinstance(dimensions, bool)
+        or not isinstance(dimensions, int)
+        or not MIN_DIMENSIONS <= dimensions <= hidden_size
+    ):
+        raise InvalidInputError(
+            f"dimensions={dimensions!r} is out of range: {model} supports "
+            f"{MIN_DIMENSIONS} to {hidden_size}"
+        )
+    return dimensions
 
 
 def _check_int(value: object, name: str, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int, got {value!r}")
+        raise InvalidInputError(f"{name} must be an int, got {value!r}")
     if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+        raise InvalidInputError(f"{name} must be at least {minimum}, got {value}")
 
 
 def _check_bool(value: object, name: str) -> None:

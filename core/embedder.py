@@ -8,12 +8,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import EmbedderConfig
+from .config import EmbedderConfig, check_dimensions
+from .errors import InvalidInputError
 from .loading import LoadedModel, from_pretrained_kwargs
 from .packing import pack, packed_model_kwargs
 from .pooling import last_token_pool, truncate_and_normalize
 from .runtime import (
     CHARS_PER_TOKEN_CAP,
+    Encoded,
     Qwen3Runtime,
     check_instruction,
     check_texts,
@@ -22,7 +24,6 @@ from .runtime import (
 from .spec import (
     DEFAULT_EMBEDDING_MODEL,
     EMBEDDING_EOS_TOKEN,
-    MIN_DIMENSIONS,
     PAD_TOKEN,
     describe_model,
     format_query,
@@ -71,16 +72,8 @@ class Qwen3Embedder(Qwen3Runtime):
         cfg = make_config(EmbedderConfig, config, options)
         described = describe_model(model)
         # An official model's width is known: a bad value fails before any download.
-        if (
-            described is not None
-            and described.kind == "embedding"
-            and cfg.dimensions is not None
-            and cfg.dimensions > described.hidden_size
-        ):
-            raise ValueError(
-                f"dimensions={cfg.dimensions} is out of range: {described.model} supports "
-                f"{described.min_dimensions} to {described.hidden_size}"
-            )
+        if described is not None and described.kind == "embedding" and cfg.dimensions is not None:
+            check_dimensions(cfg.dimensions, described.hidden_size, described.model)
         self.instruction = cfg.instruction
         self.config: EmbedderConfig = cfg
         super().__init__(model, cfg)
@@ -89,12 +82,8 @@ class Qwen3Embedder(Qwen3Runtime):
             self._instruction_ids(cfg.instruction)  # fail now, not at the first query
 
     def _check_model_config(self, model_config: Any) -> None:
-        dimensions, hidden = self.config.dimensions, int(model_config.hidden_size)
-        if dimensions is not None and dimensions > hidden:
-            raise ValueError(
-                f"dimensions={dimensions} is out of range: {self.model_name!r} supports "
-                f"{MIN_DIMENSIONS} to {hidden}"
-            )
+        if self.config.dimensions is not None:
+            check_dimensions(self.config.dimensions, int(model_config.hidden_size), self.model_name)
 
     @property
     def output_dimensions(self) -> int:
@@ -159,18 +148,88 @@ class Qwen3Embedder(Qwen3Runtime):
         """The exact token ids the model sees for ``texts`` (already formatted), EOS included."""
         return self._tokenize(check_texts(texts, "texts"))[0]
 
+    def encode_queries(self, texts: list[str], instruction: str | None = None) -> Encoded:
+        """Queries as the model sees them: the instruction template, the query, the EOS.
+
+        Nothing is logged: the caller reports :attr:`Encoded.truncated` (see
+        :meth:`warn_truncated`). :meth:`embed_encoded` turns the result into vectors.
+
+        Args:
+            texts: The queries.
+            instruction: As in :meth:`embed_queries`.
+
+        Returns:
+            The ids of each query and how many were cut to ``max_length``.
+
+        Raises:
+            TypeError: If ``texts`` is not a list of strings or ``instruction`` not a string.
+            ValueError: If the instruction leaves no room for a query token.
+        """
+        texts = check_texts(texts, "texts")
+        task = self.instruction if instruction is None else check_instruction(instruction)
+        return Encoded(*self._tokenize(texts, task)) if texts else Encoded([], 0)
+
+    def encode_documents(self, texts: list[str]) -> Encoded:
+        """Documents as the model sees them (no instruction, the EOS appended); logs nothing.
+
+        Raises:
+            TypeError: If ``texts`` is not a list of strings.
+        """
+        texts = check_texts(texts, "texts")
+        return Encoded(*self._tokenize(texts)) if texts else Encoded([], 0)
+
+    def embed_encoded(self, encoded: Encoded, *, dimensions: int | None = None) -> np.ndarray:
+        """Vectors of already encoded inputs (:meth:`encode_queries`, :meth:`encode_documents`).
+
+        The same forward, pooling and normalisation as :meth:`embed_documents`; no truncation
+        warning (the caller has :attr:`Encoded.truncated`).
+
+        Args:
+            encoded: The ids to embed.
+            dimensions: Output length for this call; None uses the embedder's own.
+
+        Returns:
+            float32 array ``[len(encoded.ids), dimensions]`` of unit vectors, in input order.
+        """
+        size = self._output_size(dimensions)
+        ids = encoded.ids
+        if not ids:
+            return np.zeros((0, size), dtype=np.float32)
+        rows = self.run_batched([len(r) for r in ids], lambda b: list(self.pool(ids, b)), "embed")
+        return self.finish(torch.stack(rows), dimensions)
+
+    def finish(self, pooled: torch.Tensor, dimensions: int | None = None) -> np.ndarray:
+        """Pooled states (:meth:`pool`) to embeddings: cut to ``dimensions``, normalised, checked.
+
+        Each row is cut and normalised on its own, so rows pooled in any batches give the bits
+        of one :meth:`embed_documents` call. One finite check and one device-to-host copy.
+
+        Args:
+            pooled: float32 ``[n, hidden_size]`` last-token states.
+            dimensions: Output length; None uses the embedder's own.
+
+        Raises:
+            ValueError: If ``dimensions`` is out of this model's range.
+            NonFiniteOutputError: If a vector holds NaN or inf.
+        """
+        size = self._output_size(dimensions)
+        out = truncate_and_normalize(pooled, size)
+        self.check_finite(out, "embeddings")  # NaN/inf survive the normalisation
+        return out.cpu().numpy()
+
+    def _output_size(self, dimensions: int | None) -> int:
+        if dimensions is None:
+            return self.output_dimensions
+        check_dimensions(dimensions, self.hidden_size, self.model_name)
+        return dimensions
+
     # -- internals -------------------------------------------------------------------------
     def _embed(self, texts: list[str], task: str = "") -> np.ndarray:
         if not texts:
             return np.zeros((0, self.output_dimensions), dtype=np.float32)
-        ids, truncated = self._tokenize(texts, task)
-        self._warn_truncated(truncated, len(texts))
-        rows = self._run_batched([len(r) for r in ids], lambda b: self._forward(ids, b), "embed")
-        # One finite check and one device-to-host copy for the whole call: per-batch checks
-        # would stall the GPU while the host prepares the next batch.
-        out = torch.stack(rows)
-        self._check_finite(out, "embeddings")  # NaN/inf survive the normalisation
-        return out.cpu().numpy()
+        encoded = Encoded(*self._tokenize(texts, task))
+        self.warn_truncated(encoded.truncated, len(texts))
+        return self.embed_encoded(encoded)
 
     def _tokenize(self, texts: list[str], task: str = "") -> tuple[list[list[int]], int]:
         r"""Ids with exactly one trailing <|endoftext|>, and how many inputs were cut.
@@ -179,7 +238,7 @@ class Qwen3Embedder(Qwen3Runtime):
         The character cap applies to the user's text only, so it never cuts the instruction.
         """
         texts, capped = self._cap_chars(texts)
-        # User text is encoded without added tokens (no post-processor either), so the EOS is
+        # User text is encoded with special tokens as text and no post-processor, so the EOS is
         # appended here by id, once, whether or not the checkpoint's tokenizer would add it.
         if task:
             # "...\nQuery" is tokenized once per call and each query as ":{text}": the
@@ -208,7 +267,7 @@ class Qwen3Embedder(Qwen3Runtime):
         template = format_query("", task)  # "Instruct: {task}\nQuery:"
         if len(task) > CHARS_PER_TOKEN_CAP * self.max_length:
             # Never cut, so never capped either: refused before it costs any work.
-            raise ValueError(
+            raise InvalidInputError(
                 f"the instruction has {len(task)} characters, more than {CHARS_PER_TOKEN_CAP} "
                 f"per token of max_length={self.max_length}; shorten it"
             )
@@ -220,26 +279,24 @@ class Qwen3Embedder(Qwen3Runtime):
         # The template with its colon, one query token and the EOS must fit.
         used = len(rows[0]) + 1
         if used + 2 > self.max_length:
-            raise ValueError(
+            raise InvalidInputError(
                 f"the instruction leaves no room for the query: with its template it takes "
                 f"{used} tokens, and max_length={self.max_length} must also hold one query "
                 f"token and the end-of-text token; shorten the instruction or raise max_length"
             )
         return rows[0], rows[1:]
 
-    def _forward(self, ids: list[list[int]], batch: list[int]) -> list[torch.Tensor]:
-        return list(truncate_and_normalize(self._pool(ids, batch), self.dimensions).unbind(0))
+    def pool(self, ids: list[list[int]], rows: list[int]) -> torch.Tensor:
+        """Float32 last-token states ``[len(rows), hidden_size]`` of ``ids[rows]``, not normalised.
 
-    def _pool(self, ids: list[list[int]], batch: list[int]) -> torch.Tensor:
-        """Float32 last-token states ``[len(batch), hidden]`` of ``ids[batch]``, not normalised.
-
-        Separate from :meth:`_forward` so that a caller serving several output sizes (the
-        server's per-request ``dimensions``) runs one forward and cuts each row its own way.
+        One forward of the rows given (plan them with :meth:`plan_batches`); :meth:`finish`
+        turns the states into embeddings. A caller serving several output sizes (the server's
+        per-request ``dimensions``) runs one forward and cuts each row its own way.
         """
-        rows = [ids[i] for i in batch]
+        inputs = [ids[i] for i in rows]
         model = self._loaded.model
-        if self._packed:
-            input_ids, positions, segments = pack(rows, self.device)
+        if self.packed:
+            input_ids, positions, segments = pack(inputs, self.device)
             # inference_mode is thread-local, so it is entered here, in the thread that runs.
             with self._lock, torch.inference_mode():
                 hidden = model(
@@ -250,7 +307,7 @@ class Qwen3Embedder(Qwen3Runtime):
                 ).last_hidden_state[0]
                 pooled = hidden[segments.last_positions].float()
         else:
-            input_ids, mask = self._left_pad(rows)
+            input_ids, mask = self._left_pad(inputs)
             with self._lock, torch.inference_mode():
                 # All rows the same length: no mask, so SDPA can take its unmasked causal kernel.
                 attn = None if bool(mask.all()) else mask

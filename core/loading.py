@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib
 import importlib.util
 import logging
 import os
+import platform
 import re
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import ModelLoadError
+from .config import normalize_dtype
+from .errors import InvalidInputError, ModelLoadError
+from .spec import CONTROL_TOKENS
 from .tokenization import SafeTokenizer
 
 logger = logging.getLogger(__name__)
@@ -24,15 +29,6 @@ logger = logging.getLogger(__name__)
 DTypeLike = str | torch.dtype
 DeviceLike = str | torch.device | None
 
-_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
-_VALID_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 # Only these files are fetched from a hub: configs, tokenizer files and safetensors weights. A
 # pickled ``pytorch_model.bin`` is never downloaded, so it can never be loaded either.
@@ -56,50 +52,121 @@ def resolve_device(device: DeviceLike) -> torch.device:
     try:
         dev = device if isinstance(device, torch.device) else torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device={device!r} is not a valid torch device") from e
+        raise InvalidInputError(f"device={device!r} is not a valid torch device") from e
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r}: CUDA is not available in this torch build")
+            raise InvalidInputError(f"device={device!r}: CUDA is not available in this torch build")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(
+            raise InvalidInputError(
                 f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible"
             )
     elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device={device!r}: MPS is not available on this machine")
+        raise InvalidInputError(f"device={device!r}: MPS is not available on this machine")
     elif dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device={device!r}: supported devices are cpu, cuda[:N] and mps")
+        raise InvalidInputError(f"device={device!r}: supported devices are cpu, cuda[:N] and mps")
     return dev
+
+
+#: torch's checks for the CPU features that decide low-precision matmul speed, by the names
+#: ``/proc/cpuinfo`` gives them. AVX512_BF16 and AMX (whose CPUs all have AMX_BF16) compute
+#: bfloat16 dot products natively; without them bfloat16 matmuls convert on the fly and run
+#: several times slower than float32 (benchmarks/bench.py measures both).
+_X86_CHECKS = {
+    "avx2": "_is_avx2_supported",
+    "avx512f": "_is_avx512_supported",
+    "avx512_vnni": "_is_vnni_supported",
+    "avx512_bf16": "_is_avx512_bf16_supported",
+    "amx_tile": "_is_amx_tile_supported",
+}
+#: The features (x86 and ARM names) that make bfloat16 matmuls native.
+_NATIVE_BF16 = ("avx512_bf16", "amx_tile", "bf16")
+
+
+@functools.cache
+def cpu_features() -> dict[str, bool | None]:
+    """The low-precision features of this CPU that torch's kernels use, as torch detects them.
+
+    On x86 the keys are those of ``_X86_CHECKS``; on 64-bit ARM, ``bf16`` (the BF16 extension,
+    through oneDNN). A value is None where this torch build has no check for the feature.
+    torch's own detection is read (the ``cpuinfo`` library its kernels dispatch on) because it
+    works the same on every operating system.
+
+    Example:
+        >>> isinstance(cpu_features(), dict)
+        True
+    """
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64", "i386", "i686"):
+        checks = {name: getattr(torch.cpu, fn, None) for name, fn in _X86_CHECKS.items()}
+        return {name: None if check is None else bool(check()) for name, check in checks.items()}
+    if machine in ("aarch64", "arm64"):
+        check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        usable = torch.backends.mkldnn.is_available() and check is not None
+        return {"bf16": bool(check()) if usable and check is not None else None}
+    return {}
+
+
+def cpu_native_bf16() -> bool | None:
+    """Whether this CPU computes bfloat16 matmuls natively (None: torch cannot tell here).
+
+    True with AVX512_BF16 or AMX on x86, or the BF16 extension on 64-bit ARM.
+    """
+    features = cpu_features()
+    native = [features[name] for name in _NATIVE_BF16 if name in features]
+    if any(native):
+        return True
+    if not native or None in native:
+        return None
+    return False
+
+
+def _warn_slow_cpu_bf16() -> None:
+    """Say once per load when ``dtype="bfloat16"`` on this CPU is slower than float32."""
+    native = cpu_native_bf16()
+    if native:
+        return
+    found = ", ".join(name for name, on in cpu_features().items() if on) or "none detected"
+    reason = (
+        "it has no native bfloat16 instructions"
+        if native is False
+        else "torch cannot tell whether it has native bfloat16 instructions"
+    )
+    logger.warning(
+        "dtype='bfloat16' on this CPU: %s (AVX512_BF16 or AMX on x86, BF16 on ARM; found: %s), "
+        "so bfloat16 matmuls run several times slower than float32; use dtype='float32' "
+        "(or 'auto')",
+        reason,
+        found,
+    )
 
 
 def resolve_dtype(dtype: DTypeLike, device: torch.device) -> torch.dtype:
     """Resolve ``"auto"`` and dtype names for ``device``.
 
     Auto: bfloat16 on CUDA devices that support it, else float16 (outputs are checked for
-    NaN/inf); float16 on MPS; float32 on the CPU, where half-precision matmuls are far slower.
+    NaN/inf); float16 on MPS; float32 on the CPU, which is exact. ``bfloat16`` on the CPU is fast
+    only with native bfloat16 instructions (:func:`cpu_native_bf16`); without them it still runs,
+    after one warning.
 
     Raises:
         ValueError: For an unknown dtype, or float16 on the CPU.
     """
-    if isinstance(dtype, torch.dtype):
-        resolved = dtype
-    elif isinstance(dtype, str) and dtype.lower() == "auto":
+    name = normalize_dtype(dtype)  # the one table of dtype names (config.DTYPE_NAMES)
+    if name == "auto":
         if device.type == "cuda":
             with torch.cuda.device(device):
                 return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         if device.type == "mps":
             return torch.float16
         return torch.float32
-    elif isinstance(dtype, str) and dtype.lower() in _DTYPES:
-        resolved = _DTYPES[dtype.lower()]
-    else:
-        raise ValueError(f"dtype={dtype!r} is not supported; use one of {_VALID_DTYPES}")
-    if resolved not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"dtype={dtype!r} is not supported; use one of {_VALID_DTYPES}")
+    resolved: torch.dtype = getattr(torch, name)
     if resolved == torch.float16 and device.type == "cpu":
-        raise ValueError(
+        raise InvalidInputError(
             "dtype='float16' on the CPU is many times slower than float32 and prone to overflow; "
             "use dtype='float32' (or 'auto') on the CPU"
         )
+    if resolved == torch.bfloat16 and device.type == "cpu":
+        _warn_slow_cpu_bf16()
     return resolved
 
 
@@ -107,11 +174,11 @@ def resolve_attn_implementation(requested: str | None, device: torch.device) -> 
     """Pick the attention kernel: ``flash_attention_2`` on CUDA when installed, else ``sdpa``."""
     if requested is not None:
         if requested not in ("sdpa", "eager", "flash_attention_2"):
-            raise ValueError(
+            raise InvalidInputError(
                 f"attn_implementation={requested!r}; use 'sdpa', 'eager' or 'flash_attention_2'"
             )
         if requested == "flash_attention_2" and device.type != "cuda":
-            raise ValueError("attn_implementation='flash_attention_2' needs a CUDA device")
+            raise InvalidInputError("attn_implementation='flash_attention_2' needs a CUDA device")
         return requested
     if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
@@ -254,7 +321,8 @@ class ModelCache:
     with that key loads again. Nothing is ever evicted while in use, and nothing outlives its
     users, so the cache needs no size limit and no ``clear()``.
 
-    Concurrent callers with the same key wait for one load; different keys load in parallel.
+    Concurrent callers with the same key wait for one load; different keys do not wait for each
+    other here (the core's loaders then run transformers one at a time: :func:`transformers_load`).
     The per-key lock exists only while a load of that key is in progress or awaited.
 
     Example:
@@ -357,6 +425,43 @@ def from_pretrained_kwargs(dtype: torch.dtype, attn_implementation: str) -> dict
     }
 
 
+#: Held while the core loads weights with transformers. ``from_pretrained`` swaps process-wide
+#: state while it runs (it patches ``PreTrainedModel.tie_weights`` and torch's init functions,
+#: then puts back what it found), so two loads in threads can put back each other's patch for
+#: good: seen with transformers 5, after which every tied-head load (the reranker) fails with
+#: "Cannot copy out of meta tensor". The progress-bar switch below is process-wide too.
+_TRANSFORMERS_LOAD_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def transformers_load(show_progress: bool) -> Iterator[None]:
+    """Run one ``from_pretrained`` at a time, without its progress bars unless ``show_progress``.
+
+    The library is quiet unless asked: transformers' ``Loading weights`` bar appears only with
+    ``show_progress=True`` (and then only if transformers' own setting allows bars). The bars
+    are turned off for the load alone: transformers' switch and huggingface_hub's per-group
+    ones (which transformers' switch overwrites) come back as the caller had them.
+    """
+    with _TRANSFORMERS_LOAD_LOCK:
+        if show_progress:
+            yield
+            return
+        from transformers.utils import logging as hf_logging
+
+        # The module, not the ``tqdm`` class that ``huggingface_hub.utils`` exports by its name.
+        hub_tqdm = importlib.import_module("huggingface_hub.utils.tqdm")
+        bars_on = hf_logging.is_progress_bar_enabled()
+        hub_states = dict(hub_tqdm.progress_bar_states)
+        hf_logging.disable_progress_bar()
+        try:
+            yield
+        finally:
+            if bars_on:
+                hf_logging.enable_progress_bar()
+            hub_tqdm.progress_bar_states.clear()
+            hub_tqdm.progress_bar_states.update(hub_states)
+
+
 def check_qwen3_config(path: Path) -> Any:
     """Load the config and require a Qwen3 architecture (and a recent enough transformers)."""
     import transformers
@@ -378,7 +483,7 @@ def check_qwen3_config(path: Path) -> Any:
 
 @functools.lru_cache(maxsize=8)
 def _load_tokenizer(path: str, mtime_ns: int, size: int) -> SafeTokenizer:
-    return SafeTokenizer.from_file(path)
+    return SafeTokenizer.from_file(path, CONTROL_TOKENS)
 
 
 def load_tokenizer(model_dir: Path) -> SafeTokenizer:

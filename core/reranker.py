@@ -17,12 +17,13 @@ from .compat import (
     new_prefix_cache,
 )
 from .config import RerankerConfig
-from .errors import ModelLoadError, OutOfMemoryError
+from .errors import InvalidInputError, ModelLoadError, OutOfMemoryError
 from .loading import LoadedModel, from_pretrained_kwargs
 from .packing import pack, packed_model_kwargs
 from .pooling import yes_no_logit, yes_probability
 from .runtime import (
     CHARS_PER_TOKEN_CAP,
+    Encoded,
     Qwen3Runtime,
     cap_chars,
     check_instruction,
@@ -49,8 +50,9 @@ logger = logging.getLogger(__name__)
 # after "<Query>:" (a run of punctuation never takes the space that follows it) and after the
 # newline before "<Document>" (a piece that holds a newline ends at the last newline of its
 # run). NFC never joins across these points either (" " and "<" compose with nothing before
-# them). So the three id lists joined are exactly the ids of the whole body, and the query is
-# tokenized once per call instead of once per document.
+# them), and no added token spans them (none holds ":", " " or a newline). So the three id
+# lists joined are exactly the ids of the whole body, and the query is tokenized once per call
+# instead of once per document.
 _INSTRUCTION_PIECE = "<Instruct>: {instruction}\n<Query>:"
 _QUERY_PIECE = " {query}\n"
 _DOCUMENT_PIECE = "<Document>: {document}"
@@ -193,14 +195,7 @@ class Qwen3Reranker(Qwen3Runtime):
         if not docs:
             return []
         seqs, _ = self._tokenize(query, docs, task, warn=True)
-        shared = _common_prefix_len(seqs) if self.share_prefix else 0
-        cache = self._prefix_cache(seqs[0][:shared]) if shared else None
-        logits = self._run_batched(
-            [len(s) - shared for s in seqs],
-            lambda batch: self._forward(seqs, shared, cache, batch),
-            "rerank",
-        )
-        return self._scores(torch.stack(logits))[0]
+        return self.score_encoded(Encoded(seqs, 0))[0]
 
     def rerank(
         self,
@@ -234,19 +229,66 @@ class Qwen3Reranker(Qwen3Runtime):
         self, query: str, documents: list[str], instruction: str | None = None
     ) -> list[list[int]]:
         """The exact token ids the model sees for each (query, document) pair."""
+        return self.encode_pairs(query, documents, instruction).ids
+
+    def encode_pairs(
+        self,
+        query: str,
+        documents: list[str],
+        instruction: str | None = None,
+        *,
+        warn: bool = False,
+    ) -> Encoded:
+        """Every (query, document) pair as the model sees it, and how many pairs were cut.
+
+        Args:
+            query: The query.
+            documents: The documents, one pair each.
+            instruction: As in :meth:`score`.
+            warn: Log the warning :meth:`score` logs when pairs are cut (the query's cut
+                explained); by default nothing is logged and the caller reports
+                :attr:`Encoded.truncated`.
+
+        Raises:
+            TypeError: As :meth:`score`.
+            ValueError: If the instruction leaves no room for a document token.
+        """
         if not isinstance(query, str):
             raise TypeError(f"query must be a str, got {type(query).__name__}")
         task = self.instruction if instruction is None else check_instruction(instruction)
-        return self._tokenize(query, check_texts(documents, "documents"), task)[0]
+        docs = check_texts(documents, "documents")
+        if not docs:
+            return Encoded([], 0)
+        return Encoded(*self._tokenize(query, docs, task, warn=warn))
 
-    # -- internals -------------------------------------------------------------------------
-    def _scores(self, logits: torch.Tensor) -> tuple[list[float], list[float]]:
-        """P(yes) and the log-odds they come from, for :meth:`_forward`'s stacked outputs.
+    def score_encoded(self, encoded: Encoded) -> tuple[list[float], list[float]]:
+        """P(yes) and log-odds of already encoded pairs (:meth:`encode_pairs`), in input order.
+
+        The pairs' common prefix (system prompt, instruction, query) runs once when
+        ``share_prefix`` is on, as in :meth:`score`.
+        """
+        seqs = encoded.ids
+        if not seqs:
+            return [], []
+        shared = common_prefix_len(seqs) if self.share_prefix else 0
+        cache = self.prefix_cache(seqs[0][:shared]) if shared else None
+        logits = self.run_batched(
+            [len(s) - shared for s in seqs],
+            lambda batch: self.forward_logits(seqs, shared, cache, batch),
+            "rerank",
+        )
+        return self.scores(torch.stack(logits))
+
+    def scores(self, logits: torch.Tensor) -> tuple[list[float], list[float]]:
+        """P(yes) and the log-odds they come from, for :meth:`forward_logits`'s stacked outputs.
 
         One finite check and one device-to-host copy for the whole call. The server scores
         here too, so its P(yes) are these bits; its TEI ``raw_scores`` are the log-odds.
+
+        Raises:
+            NonFiniteOutputError: If a log-odds value is NaN or infinite.
         """
-        self._check_finite(logits, "scores")
+        self.check_finite(logits, "scores")
         both = torch.stack([yes_probability(logits), logits]).cpu().tolist()
         return [float(s) for s in both[0]], [float(z) for z in both[1]]
 
@@ -256,7 +298,12 @@ class Qwen3Reranker(Qwen3Runtime):
         """The ids of every pair, and how many pairs were cut (see :meth:`RerankPrompt.encode`)."""
         return self._prompt.encode(query, docs, task, warn=warn)
 
-    def _prefix_cache(self, ids: list[int]) -> Any:
+    def prefix_cache(self, ids: list[int]) -> Any:
+        """The key/value cache of ``ids``, read-only, for :meth:`forward_logits` to continue.
+
+        Raises:
+            OutOfMemoryError: If even this one row does not fit on the accelerator.
+        """
         tensor = torch.tensor([ids], dtype=torch.long, device=self.device)
         cache = new_prefix_cache()
         try:
@@ -271,13 +318,20 @@ class Qwen3Reranker(Qwen3Runtime):
         freeze_prefix_cache(cache)
         return cache
 
-    def _forward(
+    def forward_logits(
         self, seqs: list[list[int]], shared: int, cache: Any, batch: list[int]
     ) -> list[torch.Tensor]:
-        """The log-odds of "yes" (float32 scalars) of the pairs ``batch`` indexes in ``seqs``."""
+        """The log-odds of "yes" (float32 scalars) of the pairs ``batch`` indexes in ``seqs``.
+
+        Args:
+            seqs: Encoded pairs (:meth:`encode_pairs`).
+            shared: Leading tokens every pair shares and ``cache`` holds (0: no cache).
+            cache: :meth:`prefix_cache` of ``seqs[0][:shared]``, or None.
+            batch: Indices of the pairs to run in this forward (:meth:`plan_batches`).
+        """
         rows = [seqs[i][shared:] for i in batch]
         model = self._loaded.model
-        if self._packed:
+        if self.packed:
             # Each row continues the cached prefix (if any): positions start after it.
             input_ids, positions, segments = pack(rows, self.device, first_position=shared)
             with self._lock, torch.inference_mode():
@@ -340,14 +394,14 @@ class RerankPrompt:
         self.document_label_ids = tokenizer.encode_plain([_DOCUMENT_PIECE.format(document="")])[0]
         fixed = len(self.prefix_ids) + len(self.suffix_ids)
         if self.max_length <= fixed:
-            raise ValueError(
+            raise InvalidInputError(
                 f"max_length={self.max_length} leaves no room for the query and document: the "
                 f"reranker template alone takes {fixed} tokens"
             )
         window = self.max_length - fixed
         least = window - self.query_budget
         if least < self.document_floor:
-            raise ValueError(
+            raise InvalidInputError(
                 f"max_length={self.max_length} leaves no room for a document: the chat "
                 f"template takes {fixed} of its tokens, a long query may take "
                 f"{self.query_budget} of the other {window} (max_query_share="
@@ -388,7 +442,7 @@ class RerankPrompt:
         """
         if len(task) > CHARS_PER_TOKEN_CAP * self.max_length:
             # Never cut, so never capped either: refused before it costs any work.
-            raise ValueError(
+            raise InvalidInputError(
                 f"the instruction has {len(task)} characters, more than {CHARS_PER_TOKEN_CAP} "
                 f"per token of max_length={self.max_length}; shorten it"
             )
@@ -397,8 +451,8 @@ class RerankPrompt:
         query_chars = len(query)
         (query,), query_capped = cap_chars([query], self.max_chars)
         docs, capped = cap_chars(docs, self.max_chars)
-        # The body is user text: encoded with no added tokens, so "<|im_end|>" in a document
-        # stays text and cannot close the user turn. Only the template owns control tokens.
+        # The body is user text: special tokens are encoded as text, so "<|im_end|>" in a
+        # document stays text and cannot close the user turn. Only the template owns control tokens.
         rows = self.tokenizer.encode_plain(
             [
                 _INSTRUCTION_PIECE.format(instruction=task),
@@ -411,7 +465,7 @@ class RerankPrompt:
         instruction_ids, query_ids, tails = rows[0], rows[1], rows[2:]
         fixed = len(instruction_ids) + len(self.newline_ids)  # and the query line's newline
         if fixed + self.document_floor > window:
-            raise ValueError(
+            raise InvalidInputError(
                 f"the instruction leaves no room for a document: with the <Instruct> and "
                 f"<Query> labels it takes {fixed} of the {window} tokens that "
                 f"max_length={self.max_length} leaves after the chat template, and each "
@@ -514,12 +568,19 @@ def check_score_threshold(value: object) -> float:
         or not isinstance(value, (int, float))
         or not 0.0 <= float(value) <= 1.0
     ):
-        raise ValueError(f"score_threshold must be a number in [0, 1] or None, got {value!r}")
+        raise InvalidInputError(
+            f"score_threshold must be a number in [0, 1] or None, got {value!r}"
+        )
     return float(value)
 
 
-def _common_prefix_len(seqs: list[list[int]]) -> int:
-    """Length of the longest shared token prefix, leaving every sequence at least one token."""
+def common_prefix_len(seqs: list[list[int]]) -> int:
+    """Length of the longest shared token prefix, leaving every sequence at least one token.
+
+    Example:
+        >>> common_prefix_len([[1, 2, 3], [1, 2, 4]])
+        2
+    """
     first = seqs[0]
     limit = min(len(s) for s in seqs) - 1
     n = 0

@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -15,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .batching import batch_cost, plan_batches, run_with_oom_backoff
 from .config import C, RuntimeConfig, build_config
-from .errors import ModelLoadError, NonFiniteOutputError
+from .errors import InvalidInputError, ModelLoadError, NonFiniteOutputError
 from .loading import (
     MODEL_CACHE,
     LoadedModel,
@@ -25,6 +26,7 @@ from .loading import (
     resolve_device,
     resolve_dtype,
     resolve_model_dir,
+    transformers_load,
 )
 from .packing import register_packed_sdpa
 from .spec import describe_model
@@ -40,7 +42,8 @@ T = TypeVar("T")
 CHARS_PER_TOKEN_CAP = 64
 DEFAULT_BATCH_TOKENS_CPU = 1024
 DEFAULT_BATCH_TOKENS_GPU = 16384
-#: Progress bars appear by themselves from this many batches on (``show_progress=None``).
+#: With ``show_progress=None``, bars appear from this many batches on, and only where the
+#: library's logger is enabled for INFO (quiet by default, as sentence-transformers).
 AUTO_PROGRESS_MIN_BATCHES = 8
 
 
@@ -78,7 +81,7 @@ def make_config(cls: type[C], config: C | None, options: dict[str, Any]) -> C:
         TypeError: For an unknown option.
     """
     if options.pop("trust_remote_code", False):
-        raise ValueError(
+        raise InvalidInputError(
             "trust_remote_code=True is refused: Qwen3 is native in transformers, and remote "
             "code would run arbitrary Python from the model repository"
         )
@@ -88,7 +91,7 @@ def make_config(cls: type[C], config: C | None, options: dict[str, Any]) -> C:
 def check_positive_int(value: object, name: str) -> int:
     """Require a positive ``int`` (``bool`` is refused)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+        raise InvalidInputError(f"{name} must be a positive int, got {value!r}")
     return value
 
 
@@ -107,15 +110,45 @@ def cap_chars(texts: list[str], max_chars: int) -> tuple[list[str], set[int]]:
     return [t[:max_chars] if i in capped else t for i, t in enumerate(texts)], capped
 
 
-def warn_truncated(count: int, total: int, max_length: int) -> None:
-    """One warning for the ``count`` of ``total`` inputs cut to ``max_length`` tokens (if any)."""
+def warn_truncated(
+    count: int,
+    total: int,
+    max_length: int,
+    *,
+    unit: str = "inputs",
+    remedy: str = "split longer texts or raise max_length",
+) -> None:
+    """One warning for the ``count`` of ``total`` inputs cut to ``max_length`` tokens (if any).
+
+    The one wording of this warning: the indexer passes its ``unit`` ("chunks") and ``remedy``.
+    """
     if count:
         logger.warning(
-            "%d of %d inputs were longer than max_length=%d tokens and were truncated",
+            "%d of %d %s were longer than max_length=%d tokens and were truncated; %s to keep "
+            "all text",
             count,
             total,
+            unit,
             max_length,
+            remedy,
         )
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Inputs as the model sees them, and how many were cut to fit ``max_length``.
+
+    What the encode methods of :class:`~qwen3_rag.core.Qwen3Embedder` and
+    :class:`~qwen3_rag.core.Qwen3Reranker` return: the exact ids of the official recipe, ready
+    for a forward, and the truncation count the caller reports (they log nothing themselves).
+
+    Attributes:
+        ids: One list of token ids per input, in input order.
+        truncated: How many inputs were cut (to ``max_length`` tokens or ``max_chars``).
+    """
+
+    ids: list[list[int]]
+    truncated: int
 
 
 def _check_official_kind(model: str | os.PathLike[str], kind: str) -> None:
@@ -199,7 +232,7 @@ class Qwen3Runtime:
         # mixed-length prose. GPUs keep padded batches until the per-input attention loop is
         # measured there; compiled models keep them too, as each new packing would recompile.
         # The choice follows from the registry key, so every sharer agrees on it.
-        self._packed = (
+        self.packed = (
             self.device.type == "cpu" and self.attn_implementation == "sdpa" and not self.compile
         )
         self._loaded: LoadedModel = MODEL_CACHE.get_or_load(key, lambda: self._load(key))
@@ -216,7 +249,9 @@ class Qwen3Runtime:
             self.dtype,
             self.attn_implementation,
         )
-        loaded = self._build(key, config, tokenizer)
+        # One load at a time; transformers' "Loading weights" bar only when asked for.
+        with transformers_load(self.show_progress is True):
+            loaded = self._build(key, config, tokenizer)
         if self.compile:
             # Fuses the norms, RoPE and activations that dominate a GPU forward (measured
             # 1.7-1.8x on an H100 at 512 tokens); dynamic shapes avoid one compile per shape.
@@ -233,7 +268,7 @@ class Qwen3Runtime:
     @property
     def _load_attn_implementation(self) -> str:
         """What ``from_pretrained`` gets: SDPA with packing support, or the resolved kernel."""
-        return register_packed_sdpa() if self._packed else self.attn_implementation
+        return register_packed_sdpa() if self.packed else self.attn_implementation
 
     @property
     def tokenizer(self) -> SafeTokenizer:
@@ -256,21 +291,45 @@ class Qwen3Runtime:
     def _cap_chars(self, texts: list[str]) -> tuple[list[str], set[int]]:
         return cap_chars(texts, self.max_chars)
 
-    def _warn_truncated(self, count: int, total: int) -> None:
+    def warn_truncated(self, count: int, total: int) -> None:
+        """Log the one truncation warning for ``count`` of ``total`` inputs (none if 0)."""
         warn_truncated(count, total, self.max_length)
 
-    def _run_batched(
+    def plan_batches(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Token-budget batches of input indices, with this instance's budget and packing.
+
+        Args:
+            lengths: Token count of each input (after any shared prefix).
+
+        Returns:
+            Lists of indices into ``lengths``; every index appears once.
+        """
+        return plan_batches(lengths, self.batch_tokens, self.max_batch_size, self.packed)
+
+    def run_batched(
         self,
         lengths: Sequence[int],
         run: Callable[[list[int]], list[T]],
         desc: str,
     ) -> list[T]:
-        """Run ``run`` over token-budget batches and return results in input order."""
-        batches = plan_batches(lengths, self.batch_tokens, self.max_batch_size, self._packed)
+        """Run ``run`` over token-budget batches and return results in input order.
+
+        An out-of-memory error on an accelerator splits the batch and lowers this instance's
+        budget (see :func:`~qwen3_rag.core.batching.run_with_oom_backoff`).
+
+        Args:
+            lengths: Token count of each input.
+            run: Called with a batch's indices; returns one result per index, in order.
+            desc: The progress bar's label.
+
+        Returns:
+            One result per input, in input order.
+        """
+        batches = self.plan_batches(lengths)
         show = (
             self.show_progress
             if self.show_progress is not None
-            else len(batches) >= AUTO_PROGRESS_MIN_BATCHES
+            else len(batches) >= AUTO_PROGRESS_MIN_BATCHES and logger.isEnabledFor(logging.INFO)
         )
         results: list[T | None] = [None] * len(lengths)
 
@@ -278,7 +337,7 @@ class Qwen3Runtime:
             # The ``rows`` longest inputs of the batch bound the half that is retried next;
             # what they cost becomes the budget.
             longest = sorted((lengths[i] for i in batch), reverse=True)[:rows]
-            budget = max(1, batch_cost(longest, self._packed))
+            budget = max(1, batch_cost(longest, self.packed))
             self._reduced_budget = min(self._reduced_budget or budget, budget)
 
         advice = self._oom_advice()
@@ -297,7 +356,8 @@ class Qwen3Runtime:
             "or free accelerator memory."
         )
 
-    def _check_finite(self, values: torch.Tensor, what: str) -> None:
+    def check_finite(self, values: torch.Tensor, what: str) -> None:
+        """Raise :class:`NonFiniteOutputError` if ``values`` holds NaN or inf (named ``what``)."""
         if not bool(torch.isfinite(values).all()):
             hint = (
                 " float16 overflows on some inputs for Qwen3 models; use dtype='bfloat16' or "

@@ -26,6 +26,10 @@ EMBEDDING_EOS_TOKEN = "<|endoftext|>"
 #: The tokenizers' padding token. Padding is masked out, so it never reaches a result.
 PAD_TOKEN = "<|endoftext|>"
 
+#: The tokens the runtime's inputs are delimited with: the chat turns and the end of text. The
+#: tokenizer must flag them ``special``, so that user text spelling them stays text.
+CONTROL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
 #: Smallest MRL output dimension the models were trained for.
 MIN_DIMENSIONS = 32
 

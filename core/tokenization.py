@@ -1,12 +1,18 @@
-"""Tokenization that never lets user text become control tokens.
+"""User text tokenized to the official ids, except that it never becomes control tokens.
 
-Hugging Face tokenizers match added tokens (``<|im_end|>``, ``<|endoftext|>``, ``<think>``...)
-inside any text they encode, and ``split_special_tokens`` only covers the ones flagged ``special``
-(Qwen's ``<think>`` is not). A document could therefore close the reranker's user turn and forge
-the answer, or plant an ``<|endoftext|>`` in an embedding input. :class:`SafeTokenizer` encodes user
-text with a copy of the tokenizer that has *no* added tokens and no post-processor, so such strings
-become ordinary byte-level tokens; only the runtime adds control tokens, by id. For text
-without those strings the ids are exactly what the original tokenizer produces.
+The Qwen3 tokenizer has 26 added tokens. Fourteen are flagged ``special`` (``<|endoftext|>``,
+``<|im_start|>``, ``<|im_end|>`` and the vision, box, quad and object-reference markers): the
+chat template is built from them, so a document holding ``<|im_end|>`` could close the reranker's
+user turn and forge the answer, or plant an ``<|endoftext|>`` in an embedding input. The other
+twelve are ordinary vocabulary (``<think>``, ``</think>``, ``<tool_call>``, ``</tool_call>``,
+``<tool_response>``, ``</tool_response>`` and the ``<|fim_*|>``, ``<|repo_name|>``,
+``<|file_sep|>`` code markers): the official pipeline (the model cards' code, vLLM, TEI)
+keeps each as one token wherever it appears, and so must we for the same vectors and scores.
+
+:class:`SafeTokenizer` encodes user text with the tokenizers library's own switch for exactly this
+split, ``encode_special_tokens`` (what transformers' ``split_special_tokens=True`` sets): tokens
+flagged ``special`` are encoded as the characters they are spelled with, every other added token
+is matched as usual. Only the runtime adds control tokens, by id or through its own templates.
 
 :meth:`SafeTokenizer.encode_plain` is also the one place user text enters the tokenizer, so it is
 where text that has no UTF-8 form is repaired (see :func:`replace_surrogates`).
@@ -61,8 +67,10 @@ class SafeTokenizer:
     """A pair of tokenizers: ``plain`` for user text, ``template`` for the runtime's own strings.
 
     Attributes:
-        plain: No added tokens, no post-processor, no truncation or padding. Read-only after
-            construction, so concurrent ``encode_batch`` calls never hit "Already borrowed".
+        plain: The model's tokenizer with ``encode_special_tokens`` on (tokens flagged
+            ``special`` are text, the other added tokens are matched), and no post-processor,
+            truncation or padding. Read-only after construction, so concurrent ``encode_batch``
+            calls never hit "Already borrowed".
         template: The model's own tokenizer (a private copy), used only for template strings and
             to resolve token ids.
     """
@@ -71,34 +79,60 @@ class SafeTokenizer:
     template: Tokenizer
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str]) -> SafeTokenizer:
+    def from_file(
+        cls, path: str | os.PathLike[str], control_tokens: Sequence[str] = ()
+    ) -> SafeTokenizer:
         """Build from a ``tokenizer.json`` file.
 
+        Args:
+            path: The ``tokenizer.json`` file.
+            control_tokens: Tokens the runtime's templates are built from (turn markers, end of
+                text). Each that the tokenizer has as an added token must be flagged ``special``,
+                or user text spelling it would become it.
+
         Raises:
-            ModelLoadError: If the file cannot be read as a tokenizer.
+            ModelLoadError: If the file cannot be read as a tokenizer, or it does not flag one of
+                ``control_tokens`` as ``special`` (the message names it).
         """
         try:
             with open(path, encoding="utf-8") as f:
                 spec = json.load(f)
             template = Tokenizer.from_file(os.fspath(path))
-            spec["added_tokens"] = []
             spec["post_processor"] = None
             spec["truncation"] = None
             spec["padding"] = None
             plain = Tokenizer.from_str(json.dumps(spec))
         except Exception as e:  # tokenizers raises a bare Exception on malformed files
             raise ModelLoadError(f"cannot read the tokenizer {os.fspath(path)!r}: {e}") from e
+        added = {t.content: t for t in template.get_added_tokens_decoder().values()}
+        for token in control_tokens:
+            if token in added and not added[token].special:
+                raise ModelLoadError(
+                    f"the tokenizer {os.fspath(path)!r} does not flag {token!r} as special, so "
+                    "user text spelling it would become the control token; mark it "
+                    '"special": true in its added_tokens'
+                )
+        plain.encode_special_tokens = True
         template.no_truncation()
         template.no_padding()
         return cls(plain=plain, template=template)
 
+    @property
+    def text_tokens(self) -> list[str]:
+        """The added tokens that user text spells as characters: those flagged ``special``."""
+        decoder = self.template.get_added_tokens_decoder()
+        return [decoder[i].content for i in sorted(decoder) if decoder[i].special]
+
     def encode_plain(
         self, texts: Sequence[str], name: Callable[[int], str] = _default_name
     ) -> list[list[int]]:
-        """Token ids of user texts, with every added-token string treated as ordinary text.
+        """Token ids of user texts: the official ids, with special-token strings kept as text.
 
-        Surrogates are replaced first (:func:`replace_surrogates`), with one warning per call
-        that says how many texts were changed and names the first by ``name(index)``.
+        A non-special added token (``<think>``, ``<tool_call>``, ...) is one token, as in the
+        official tokenizer; a special one (``<|im_end|>``, ...) becomes the tokens of its
+        characters (see :attr:`text_tokens`). Surrogates are replaced first
+        (:func:`replace_surrogates`), with one warning per call that says how many texts were
+        changed and names the first by ``name(index)``.
 
         Args:
             texts: User texts.

@@ -39,3 +39,9 @@ def test_benchmark_smoke_run(tmp_path):
     for row in report["reranking"].values():
         assert row["pairs_per_s"] > 0 and row["max_abs_score_diff_vs_ours"] <= 1e-4
     assert "| qwen3-rag |" in out.stdout
+    # The precision comparison: this library in float32 and bfloat16, with the CPU's flags.
+    rows = report["precision"]["rows"]
+    assert list(rows) == ["float32", "bfloat16"]
+    assert rows["bfloat16"]["min_cosine"] >= 0.999 and rows["bfloat16"]["gemm_gflops"] > 0
+    assert rows["bfloat16"]["top10_agreement"] <= report["precision"]["top_k"]
+    assert "native bfloat16:" in out.stdout and "| bfloat16 |" in out.stdout

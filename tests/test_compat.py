@@ -47,7 +47,7 @@ def _embedding_model(path: str, attn: str = "sdpa") -> Any:
 def test_shared_prefix_rerank_runs_without_a_warning(reranker_path, packed):
     shared = Qwen3Reranker(reranker_path, max_length=128, share_prefix=True)
     whole = Qwen3Reranker(reranker_path, max_length=128, share_prefix=False)
-    shared._packed = whole._packed = packed  # False: the padded (GPU) path, on the CPU
+    shared.packed = whole.packed = packed  # False: the padded (GPU) path, on the CPU
     caches: list[object] = []
 
     def spy(_module, _args, kwargs):
@@ -67,7 +67,7 @@ def test_shared_prefix_rerank_runs_without_a_warning(reranker_path, packed):
 @pytest.mark.parametrize("packed", [True, False])
 def test_embedding_runs_without_a_warning(embed_eos_path, packed):
     emb = Qwen3Embedder(embed_eos_path, max_length=64)
-    emb._packed = packed
+    emb.packed = packed
     vectors = emb.embed_documents(DOCS)
     assert vectors.shape == (len(DOCS), emb.hidden_size)
     one_by_one = np.concatenate([emb.embed_documents([d]) for d in DOCS])

@@ -52,9 +52,9 @@ LAYOUTS = ["packed", "padded", "eager"]
 
 def _with_layout(cls, path, layout, **kwargs):
     model = cls(path, attn_implementation="eager" if layout == "eager" else None, **kwargs)
-    assert model._packed == (layout != "eager")
+    assert model.packed == (layout != "eager")
     if layout == "padded":
-        model._packed = False  # the GPU code path, on the same packing-capable model
+        model.packed = False  # the GPU code path, on the same packing-capable model
     return model
 
 
@@ -62,6 +62,7 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
+@pytest.mark.slow
 def test_reference_tokenizer_variants_differ_only_in_the_post_processor(embed_pair):
     _, ref = embed_pair
     ids = ref.token_ids("hello")
@@ -71,6 +72,7 @@ def test_reference_tokenizer_variants_differ_only_in_the_post_processor(embed_pa
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dimensions", [None, 32, 48])
 @pytest.mark.parametrize(("batch_tokens", "max_batch_size"), [(100_000, 64), (256, 3), (1, 1)])
+@pytest.mark.grid
 def test_documents_match_the_card(
     embed_pair, memo, dimensions, batch_tokens, max_batch_size, layout
 ):
@@ -96,6 +98,7 @@ def test_documents_match_the_card(
 
 
 @pytest.mark.parametrize("instruction", INSTRUCTIONS)
+@pytest.mark.slow
 def test_queries_match_the_card(embed_pair, instruction):
     path, ref = embed_pair
     emb = Qwen3Embedder(path, max_length=MAX_LEN)
@@ -106,6 +109,7 @@ def test_queries_match_the_card(embed_pair, instruction):
     assert _cosines(got, want).min() >= COS_MIN
 
 
+@pytest.mark.slow
 def test_results_do_not_depend_on_order_or_batch_company(embed_eos_path):
     emb = Qwen3Embedder(embed_eos_path, max_length=MAX_LEN, batch_tokens=300, max_batch_size=4)
     base = emb.embed_documents(CORPUS)
@@ -173,6 +177,7 @@ DOCS = [
 @pytest.mark.parametrize("share_prefix", [True, False])
 @pytest.mark.parametrize(("batch_tokens", "max_batch_size"), [(100_000, 64), (128, 3), (1, 1)])
 @pytest.mark.parametrize("instruction", INSTRUCTIONS)
+@pytest.mark.grid
 def test_scores_match_the_card(
     reranker_path,
     rerank_ref,
@@ -208,6 +213,7 @@ def test_scores_vary_so_the_comparison_means_something(reranker_path):
     assert max(scores) - min(scores) > 0.01
 
 
+@pytest.mark.slow
 def test_untied_head_matches_the_card(reranker_untied_path):
     ref = ReferenceReranker(reranker_untied_path, MAX_LEN)
     rr = Qwen3Reranker(reranker_untied_path, max_length=MAX_LEN)
@@ -292,6 +298,7 @@ _EDGE_VARIANTS = [
 ]
 
 
+@pytest.mark.slow
 def test_pieces_tokenize_exactly_as_the_whole_body(reranker_path):
     """The reranker tokenizes instruction, query and document apart: same ids as the card."""
     texts = _stdlib_texts()
@@ -310,6 +317,7 @@ def test_pieces_tokenize_exactly_as_the_whole_body(reranker_path):
     assert checked > 30_000
 
 
+@pytest.mark.grid
 def test_query_pieces_tokenize_exactly_as_the_formatted_query(embed_pair):
     """The embedder tokenizes the instruction once per call: same ids as the formatted text."""
     path, _ = embed_pair
@@ -317,12 +325,13 @@ def test_query_pieces_tokenize_exactly_as_the_formatted_query(embed_pair):
     emb = Qwen3Embedder(path, max_length=32768)
     texts = _stdlib_texts()
     for task in [DEFAULT_TASK, "Find code.", " spaced ", "ends in a colon:", "中文指令？"]:
-        got, _ = emb._tokenize(texts, task)
+        got = emb.encode_queries(texts, task).ids
         for ids, text in zip(got, texts, strict=True):
             assert ids == ref.token_ids(f"Instruct: {task}\nQuery:{text}"), (task, text)
 
 
 @pytest.mark.parametrize("query", ["x" * 104, "x" * 300, "the longest query " * 200])
+@pytest.mark.grid
 def test_a_long_query_is_cut_not_the_document(reranker_path, rerank_ref, query, caplog):
     """Past max_query_share of the window the query's end is cut, and the document is kept."""
     tok = rerank_ref.tokenizer

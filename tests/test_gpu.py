@@ -93,7 +93,7 @@ def test_cuda_paths_raise_no_transformers_warning(embed_eos_path, reranker_path,
     with warnings.catch_warnings():
         warnings.filterwarnings("error", module=r"transformers(\.|$)")
         emb = Qwen3Embedder(embed_eos_path, device="cuda", attn_implementation=attn)
-        assert not emb._packed
+        assert not emb.packed
         emb.embed_documents(DOCS)
         rr = Qwen3Reranker(reranker_path, device="cuda", attn_implementation=attn, max_length=128)
         scores = rr.score("capital of China?", DOCS)
