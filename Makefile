@@ -1,10 +1,11 @@
 # Everything runs inside ./.venv, which `make venv` builds from scratch.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# torch is installed first, pinned, so that pip never resolves a bare `torch` on its own. Which
-# build `torch==2.13.0` gives depends on the index pip uses: this project's CI index serves the CPU
-# build (2.13.0+cpu); on Linux, PyPI serves the CUDA build (several GB). For the CPU build from
-# PyPI's machines pass TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu".
+# torch is installed first, pinned, so that pip never resolves a bare `torch` on its own: every
+# virtualenv below (venv, test-floor, demo) installs $(TORCH_SPEC). Which build `torch==2.13.0`
+# gives depends on the index pip uses: this project's CI index serves the CPU build (2.13.0+cpu);
+# on Linux, PyPI serves the CUDA build (several GB). For the CPU build, as the README's Install
+# says: make venv TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu".
 TORCH_SPEC ?= torch==2.13.0
 
 # The oldest transformers the package declares (pyproject.toml); `make test-floor` runs the
@@ -12,7 +13,7 @@ TORCH_SPEC ?= torch==2.13.0
 FLOOR_VENV ?= .venv-floor
 TRANSFORMERS_FLOOR ?= transformers==4.56.0
 
-.PHONY: help venv test test-fast test-floor lint typecheck demo bench clean
+.PHONY: help venv test test-fast test-floor lint typecheck docs demo bench clean
 
 help:  ## Show the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
@@ -26,10 +27,15 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed  ## Build the virtualenv with every extra and the test tools
 
-test: venv  ## Run the whole test suite (offline, CPU)
-	$(PY) -m pytest
+# Test files run in TEST_WORKERS processes (pytest-xdist), each file whole in one of them: its
+# servers and module fixtures start once. Most of the slow tests wait on subprocesses and
+# servers, so two workers shorten the suite on two cores too.
+TEST_WORKERS ?= 2
 
-test-fast: venv  ## The tests not marked slow: no subprocess, server or virtualenv (about 90 s)
+test: venv  ## Run the whole test suite (offline, CPU)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+test-fast: venv  ## The tests not marked slow: no server, subprocess or virtualenv (about 2.5 min)
 	$(PY) -m pytest -m "not slow"
 
 $(FLOOR_VENV)/.installed: pyproject.toml
@@ -40,12 +46,13 @@ $(FLOOR_VENV)/.installed: pyproject.toml
 
 test-floor: $(FLOOR_VENV)/.installed  ## Core tests on the oldest supported transformers
 	$(FLOOR_VENV)/bin/python -c "import transformers; assert transformers.__version__ == '$(TRANSFORMERS_FLOOR)'.split('==')[1]"
-	$(FLOOR_VENV)/bin/python -m pytest tests/test_core_exactness.py tests/test_core_units.py tests/test_compat.py
+	$(FLOOR_VENV)/bin/python -m pytest tests/test_core_exactness.py tests/test_core_units.py tests/test_core_tokens.py tests/test_core_precision.py tests/test_compat.py
 
-lint: venv  ## ruff check, ruff format --check, then mypy (make typecheck)
+lint: venv  ## ruff check, ruff format --check, mypy (make typecheck), then the import direction
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(MAKE) --no-print-directory typecheck
+	cd build/mypy && PYTHONPATH=. $(CURDIR)/$(VENV)/bin/lint-imports --config $(CURDIR)/pyproject.toml
 
 # mypy checks core/ and integrations/ under the names they install as (qwen3_rag.core,
 # qwen3_rag.integrations; see [tool.mypy] in pyproject.toml). It cannot read that mapping from the
@@ -58,6 +65,16 @@ typecheck: venv  ## mypy on the qwen3_rag package (core and integrations include
 	ln -s $(CURDIR)/core $(MYPY_TREE)/core
 	ln -s $(CURDIR)/integrations $(MYPY_TREE)/integrations
 	$(VENV)/bin/mypy
+
+# The docs site (mkdocs.yml), warnings as errors, into site/. mkdocstrings reads the package by
+# its installed names, so build/docs/qwen3_rag links the installed layout, as for typecheck.
+DOCS_TREE := build/docs/qwen3_rag
+docs: venv  ## Build the documentation site into site/ (mkdocs build --strict)
+	rm -rf $(DOCS_TREE) && mkdir -p $(DOCS_TREE)
+	ln -s $(CURDIR)/qwen3_rag/* $(DOCS_TREE)/
+	ln -s $(CURDIR)/core $(DOCS_TREE)/core
+	ln -s $(CURDIR)/integrations $(DOCS_TREE)/integrations
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 # The demo has its own light virtualenv: the runtime and the CLI only, no adapters or test tools.
 DEMO_VENV ?= .venv-demo
@@ -80,4 +97,4 @@ bench: venv  ## Speed against sentence-transformers and the official recipe (abo
 	$(PY) benchmarks/bench.py
 
 clean:  ## Remove the virtualenvs and caches
-	rm -rf $(VENV) $(FLOOR_VENV) $(DEMO_VENV) .pytest_cache .ruff_cache .mypy_cache build *.egg-info demo_db
+	rm -rf $(VENV) $(FLOOR_VENV) $(DEMO_VENV) .pytest_cache .ruff_cache .mypy_cache build *.egg-info demo_db site

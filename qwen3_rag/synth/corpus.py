@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qwen3_rag.indexing.options import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE
+
 logger = logging.getLogger(__name__)
 
 
@@ -34,7 +36,10 @@ def _check_unique(passages: list[Passage], where: str) -> list[Passage]:
 
 
 def passages_from_folder(
-    paths: list[str], *, chunk_size: int = 1000, chunk_overlap: int = 150
+    paths: list[str],
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
 ) -> tuple[list[Passage], list[str]]:
     """Chunks of the supported files under ``paths``, as ``qwen3-rag index`` makes them.
 
@@ -44,7 +49,7 @@ def passages_from_folder(
     Raises:
         DocumentError: If a path does not exist or holds no supported file.
     """
-    from qwen3_rag.documents import chunk_file, find_files
+    from qwen3_rag.indexing.documents import chunk_file, find_files
 
     passages: dict[str, Passage] = {}
     skipped: list[str] = []

