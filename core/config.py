@@ -132,15 +132,21 @@ class EmbedderConfig(RuntimeConfig):
         f"output size (MRL), {MIN_DIMENSIONS} up to the hidden size; None keeps all",
         persist=True,
     )
-    instruction: str = _option(
-        DEFAULT_TASK, 'task description for queries; "" means none', persist=True
+    # None, not DEFAULT_TASK: a fine-tuned folder names the task it was trained with, and a
+    # default string could not tell "not given" from "given as the web-search task".
+    instruction: str | None = _option(
+        None,
+        'task description for queries; "" means none; None: the model folder\'s own (its '
+        "sentence-transformers query prompt: a fine-tuned folder's trained task), else the "
+        "model card's web-search task",
+        persist=True,
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.dimensions is not None:
             _check_int(self.dimensions, "dimensions", minimum=MIN_DIMENSIONS)
-        _check_str(self.instruction, "instruction")
+        _check_optional_str(self.instruction, "instruction")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 
 from .config import EmbedderConfig, check_dimensions
 from .errors import InvalidInputError
-from .loading import LoadedModel, from_pretrained_kwargs
+from .loading import LoadedModel, default_query_task, from_pretrained_kwargs
 from .packing import pack, packed_model_kwargs
 from .pooling import last_token_pool, truncate_and_normalize
 from .runtime import (
@@ -38,7 +39,10 @@ class Qwen3Embedder(Qwen3Runtime):
     Every input ends in one ``<|endoftext|>`` whose last-layer hidden state, cut to
     ``dimensions`` values and L2-normalised in float32, is the embedding. An input longer than
     ``max_length`` is cut at its end, so a long query loses its end, never the instruction; an
-    instruction that leaves no room for a query token raises ``ValueError``.
+    instruction that leaves no room for a query token raises ``ValueError``. Without an
+    ``instruction``, queries take the task the model folder names (the query prompt of its
+    ``config_sentence_transformers.json``: a fine-tuned folder's trained task), else the model
+    card's web-search task; :attr:`instruction` says which.
 
     Args:
         model: Hub id or local folder of a Qwen3-Embedding checkpoint (safetensors).
@@ -74,12 +78,15 @@ class Qwen3Embedder(Qwen3Runtime):
         # An official model's width is known: a bad value fails before any download.
         if described is not None and described.kind == "embedding" and cfg.dimensions is not None:
             check_dimensions(cfg.dimensions, described.hidden_size, described.model)
-        self.instruction = cfg.instruction
-        self.config: EmbedderConfig = cfg
         super().__init__(model, cfg)
+        if cfg.instruction is None:  # the folder's own task (a fine-tuned model's), else the card's
+            cfg = replace(cfg, instruction=default_query_task(self.model_dir))
+        #: The options in effect, the instruction resolved (what stores persist).
+        self.config: EmbedderConfig = cfg
+        self.instruction: str = cfg.instruction or ""
         self.dimensions = cfg.dimensions
-        if cfg.instruction:
-            self._instruction_ids(cfg.instruction)  # fail now, not at the first query
+        if self.instruction:
+            self._instruction_ids(self.instruction)  # fail now, not at the first query
 
     def _check_model_config(self, model_config: Any) -> None:
         if self.config.dimensions is not None:

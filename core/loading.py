@@ -6,6 +6,7 @@ import contextlib
 import functools
 import importlib
 import importlib.util
+import json
 import logging
 import os
 import platform
@@ -21,7 +22,7 @@ import torch
 
 from .config import normalize_dtype
 from .errors import InvalidInputError, ModelLoadError
-from .spec import CONTROL_TOKENS
+from .spec import CONTROL_TOKENS, DEFAULT_TASK, format_query, query_prompt_task
 from .tokenization import SafeTokenizer
 
 logger = logging.getLogger(__name__)
@@ -266,6 +267,49 @@ def _hub_failure(model: str, revision: str | None, offline: bool, error: Excepti
             "HF_HUB_OFFLINE=1 only the cache is used"
         )
     return f"{name} could not be fetched from the hub: {type(error).__name__}: {error}"
+
+
+#: Where a sentence-transformers folder (the fine-tuner writes one) keeps its query prompt.
+SENTENCE_TRANSFORMERS_CONFIG = "config_sentence_transformers.json"
+
+
+def folder_query_task(model_dir: Path) -> str | None:
+    """The query task a model folder was trained with: its sentence-transformers query prompt.
+
+    Official checkpoints and folders written by ``qwen3-rag finetune`` carry
+    ``config_sentence_transformers.json`` with ``prompts["query"]`` in the model card's
+    template; its task is the embedder's default instruction.
+
+    Returns:
+        The task (``""``: queries without instruction), or None when the folder names none.
+        A prompt in another format is not used, with a warning (it is not this model's
+        template, so no task can be read from it).
+    """
+    file = model_dir / SENTENCE_TRANSFORMERS_CONFIG
+    if not file.is_file():
+        return None
+    try:
+        prompt = json.loads(file.read_text(encoding="utf-8")).get("prompts", {}).get("query")
+    except (OSError, ValueError, AttributeError) as e:
+        logger.warning("%s is not readable (%s): its query prompt is not used", file, e)
+        return None
+    if prompt is None:
+        return None
+    task = query_prompt_task(prompt) if isinstance(prompt, str) else None
+    if task is None:
+        logger.warning(
+            "%s: the query prompt %r is not the Qwen3 template %r: it is not used",
+            file,
+            prompt,
+            format_query("", "{task}"),
+        )
+    return task
+
+
+def default_query_task(model_dir: Path) -> str:
+    """The embedder's instruction when none is given: the folder's own task, else the card's."""
+    task = folder_query_task(model_dir)
+    return DEFAULT_TASK if task is None else task
 
 
 def _check_model_dir(path: Path) -> None:

@@ -134,6 +134,32 @@ def format_query(query: str, task: str) -> str:
     return QUERY_TEMPLATE.format(task=task, query=query)
 
 
+def query_prompt_task(prompt: str) -> str | None:
+    r"""The task of a query prompt that :func:`format_query` writes with an empty query.
+
+    The inverse of ``format_query("", task)``: sentence-transformers folders store the query
+    instruction this way (``config_sentence_transformers.json``'s ``prompts["query"]``).
+
+    Returns:
+        The task; ``""`` for an empty prompt (queries without instruction); None for a prompt
+        that is not this template (another model's prompt format).
+
+    Example:
+        >>> query_prompt_task("Instruct: Find answers\nQuery:")
+        'Find answers'
+        >>> query_prompt_task("query: ") is None
+        True
+    """
+    if prompt == "":
+        return ""
+    head, _, tail = QUERY_TEMPLATE.partition("{task}")
+    suffix = tail.replace("{query}", "")
+    if not (prompt.startswith(head) and prompt.endswith(suffix)):
+        return None
+    task = prompt[len(head) : len(prompt) - len(suffix)]
+    return task if task and format_query("", task) == prompt else None
+
+
 def format_rerank_body(query: str, document: str, instruction: str) -> str:
     r"""Build the user-turn body that sits between :data:`RERANK_PREFIX` and :data:`RERANK_SUFFIX`.
 

@@ -54,6 +54,47 @@ def test_query_prompt_is_byte_exact():
     assert prompts.format_query("q", "") == "q"
 
 
+def test_query_prompt_task_reads_the_official_sentence_transformers_prompt():
+    # As in Qwen/Qwen3-Embedding-0.6B's config_sentence_transformers.json.
+    official = (
+        "Instruct: Given a web search query, retrieve relevant passages that answer the query"
+        "\nQuery:"
+    )
+    assert prompts.query_prompt_task(official) == DEFAULT_TASK
+    assert prompts.query_prompt_task("") == ""  # trained without an instruction
+    for foreign in ("query: ", "Instruct: \nQuery:", "Instruct: x\nQuery: ", "Instruct: x"):
+        assert prompts.query_prompt_task(foreign) is None, foreign
+
+
+def _with_query_prompt(src: str, dest: Path, prompt: object) -> Path:
+    shutil.copytree(src, dest)
+    settings = {"prompts": {"query": prompt, "document": ""}, "default_prompt_name": None}
+    (dest / "config_sentence_transformers.json").write_text(json.dumps(settings))
+    return dest
+
+
+def test_a_folder_without_instruction_embeds_queries_with_its_own_task(
+    tmp_path, embed_eos_path, caplog
+):
+    """The folder's sentence-transformers query prompt is the default; a given one wins."""
+    task = "Given a Python question, retrieve the standard-library function that answers it"
+    folder = _with_query_prompt(embed_eos_path, tmp_path / "trained", f"Instruct: {task}\nQuery:")
+    emb = Qwen3Embedder(folder, device="cpu")
+    assert emb.instruction == task and emb.config.instruction == task  # what stores persist
+    explicit = Qwen3Embedder(folder, device="cpu", instruction=task)
+    np.testing.assert_array_equal(
+        emb.embed_queries(["sort a list"]), explicit.embed_queries(["sort a list"])
+    )
+    assert Qwen3Embedder(folder, device="cpu", instruction="").instruction == ""
+    assert Qwen3Embedder(embed_eos_path, device="cpu").instruction == DEFAULT_TASK  # no file
+    bare = _with_query_prompt(embed_eos_path, tmp_path / "bare", "")
+    assert Qwen3Embedder(bare, device="cpu").instruction == ""
+    foreign = _with_query_prompt(embed_eos_path, tmp_path / "foreign", "query: ")
+    with caplog.at_level(logging.WARNING, logger="qwen3_rag.core"):
+        assert Qwen3Embedder(foreign, device="cpu").instruction == DEFAULT_TASK
+    assert "'query: ' is not the Qwen3 template" in caplog.text
+
+
 def test_reranker_template_is_byte_exact():
     assert prompts.RERANK_PREFIX.encode() == (
         b"<|im_start|>system\nJudge whether the Document meets the requirements based on the "

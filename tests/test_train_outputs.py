@@ -82,7 +82,8 @@ def test_the_saved_model_embeds_queries_with_the_trained_instruction(
 
     st = SentenceTransformer(str(out), device="cpu")
     assert st.max_seq_length == 8192
-    ours = Qwen3Embedder(out, device="cpu", instruction=TASK)
+    ours = Qwen3Embedder(out, device="cpu")  # the folder's trained task is the default
+    assert ours.instruction == TASK
     queries = [ex.query for ex in examples[:3]]
     np.testing.assert_allclose(
         st.encode(queries, prompt_name="query"), ours.embed_queries(queries), atol=1e-5

@@ -90,7 +90,11 @@ def _index_locally(
             paths, files, skipped, prepared.existing, collection, embedder, options, stop
         )
         summary.changed = changed_settings(
-            prepared.previous, prepared.model, prepared.embedder, embedder.hidden_size
+            prepared.previous,
+            prepared.model,
+            prepared.embedder,
+            embedder.hidden_size,
+            embedder.instruction,
         )
         summary.collection_count = collection.count()
     return summary

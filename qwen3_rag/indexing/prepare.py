@@ -79,7 +79,11 @@ def prepare(store: Store, options: IndexOptions) -> Prepared:
 
 
 def changed_settings(
-    previous: Mapping[str, Any] | None, model: str, embedder: Mapping[str, Any], hidden: int
+    previous: Mapping[str, Any] | None,
+    model: str,
+    embedder: Mapping[str, Any],
+    hidden: int,
+    instruction: str,
 ) -> dict[str, list[Any]]:
     """The stored settings a rebuild changed, ``{name: [before, after]}``.
 
@@ -88,12 +92,14 @@ def changed_settings(
         model: The new model.
         embedder: Its options.
         hidden: Its hidden size (the output size when ``dimensions`` is not given).
+        instruction: Its query instruction in effect (the model's own when none is given).
     """
     if previous is None:
         return {}
     config = EmbedderConfig(**embedder)
     now = {"model": model, **{k: getattr(config, k) for k in STORED_SETTINGS}}
     now["dimensions"] = config.dimensions or hidden
+    now["instruction"] = instruction
     before = {**previous, "model": model_reference(str(previous.get("model")))}
     return {k: [before[k], now[k]] for k in now if k in before and before[k] != now[k]}
 

@@ -61,7 +61,7 @@ def index_with_ray_engine(
             _probe_ray_address(options.ray_address)
         with store.errors():
             prepared = prepare(store, options)
-            hidden = _check_model(
+            checked = _check_model(
                 prepared.model, prepared.embedder, local=options.ray_address is None
             )
         # Ray prints its notices (a worker died, logs of workers with -v) on stdout; stdout
@@ -75,9 +75,9 @@ def index_with_ray_engine(
                 ray.shutdown()
         with store.errors():
             summary.collection_count = store.collection().count()
-    if hidden is not None:
+    if checked is not None:
         summary.changed = changed_settings(
-            prepared.previous, prepared.model, prepared.embedder, hidden
+            prepared.previous, prepared.model, prepared.embedder, *checked
         )
     return summary
 
@@ -92,17 +92,18 @@ def _check_ray_options(options: IndexOptions) -> None:
         )
 
 
-def _check_model(model: str, options: dict[str, Any], *, local: bool) -> int | None:
+def _check_model(model: str, options: dict[str, Any], *, local: bool) -> tuple[int, str] | None:
     """Fail in the driver, before Ray starts, on a model the workers could not load.
 
-    Only the folder and its config.json are read. A hub id is resolved here only when the
-    workers share this machine (and its cache); on a cluster each worker resolves it.
+    Only the folder's config files are read. A hub id is resolved here only when the workers
+    share this machine (and its cache); on a cluster each worker resolves it.
 
     Returns:
-        The model's hidden size, or None where it was not read.
+        The model's hidden size and the query instruction in effect, or None where the folder
+        was not read.
     """
     from qwen3_rag.core.config import check_dimensions
-    from qwen3_rag.core.loading import check_qwen3_config, resolve_model_dir
+    from qwen3_rag.core.loading import check_qwen3_config, default_query_task, resolve_model_dir
 
     if not local and not Path(model).exists():
         return None
@@ -116,7 +117,8 @@ def _check_model(model: str, options: dict[str, Any], *, local: bool) -> int | N
     hidden = int(check_qwen3_config(path).hidden_size)
     if config.dimensions is not None:
         check_dimensions(config.dimensions, hidden, model)
-    return hidden
+    task = default_query_task(path) if config.instruction is None else config.instruction
+    return hidden, task
 
 
 def _probe_ray_address(address: str) -> None:

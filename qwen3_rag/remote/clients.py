@@ -16,7 +16,7 @@ from qwen3_rag.core import EmbedderConfig, RerankerConfig, RerankResult
 from qwen3_rag.core.config import build_config
 from qwen3_rag.core.reranker import check_ranking, ranked
 from qwen3_rag.core.runtime import check_instruction, check_texts
-from qwen3_rag.core.spec import format_query
+from qwen3_rag.core.spec import DEFAULT_TASK, format_query
 
 from .transport import RemoteError, _RemoteModel
 
@@ -40,7 +40,9 @@ class RemoteEmbedder(_RemoteModel):
         model: The ``model`` field of requests; None sends none (the server's only embedding
             model) and :attr:`model_name` asks the server.
         dimensions: Output size (MRL), sent as ``dimensions``; None keeps the server's.
-        instruction: Default task for queries; ``""`` sends queries without one.
+        instruction: Default task for queries; ``""`` sends queries without one; None: the
+            model card's web-search task (the server's own is not reported: a server of a
+            fine-tuned model needs the task it was trained with passed here).
         timeout: Seconds to wait for each answer.
         max_retries: Retries of a request answered 503/429 or failing to connect.
         backoff: First retry delay in seconds, doubled each retry (``Retry-After`` wins).
@@ -63,14 +65,17 @@ class RemoteEmbedder(_RemoteModel):
         instruction: str | None = None,
         **options: Any,
     ) -> None:
-        given = {"dimensions": dimensions, "instruction": instruction}
+        # The server does not report its instruction over these APIs: without one, queries
+        # take the model card's task (a fine-tuned server needs its task passed here).
+        task = DEFAULT_TASK if instruction is None else instruction
+        given = {"dimensions": dimensions, "instruction": task}
         #: What this client knows of the options that decide the vectors (other fields keep
         #: their defaults: the server's own settings are not reported over these APIs).
         self.config: EmbedderConfig = build_config(
             EmbedderConfig, None, {k: v for k, v in given.items() if v is not None}
         )
         self.dimensions = self.config.dimensions
-        self.instruction = self.config.instruction
+        self.instruction: str = task
         self._width: int | None = None
         super().__init__(base_url, api_key, **options)
 

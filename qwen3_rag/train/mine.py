@@ -132,7 +132,7 @@ def mine_hard_negatives(
     passages = list(corpus)
     if not examples or not passages:
         raise ValueError("mining needs at least one example and one corpus passage")
-    default_task = embedder.config.instruction if instruction is None else instruction
+    default_task = embedder.instruction if instruction is None else instruction
     docs = np.asarray(embedder.embed_documents(passages), dtype=np.float32)
     positives = sorted({p for e in examples for p in e.pos})
     pos_vectors = dict(
