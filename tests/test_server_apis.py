@@ -173,6 +173,50 @@ def litellm():
     return litellm
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_infinity_document_strings_for_litellm_infinity_unchanged(
+    reranker_path, rr, litellm, tmp_path
+):
+    """--rerank-documents string: LiteLLM's infinity/ rerank with its defaults (documents back)."""
+    proc, base = _start(
+        [
+            "--reranker-model",
+            reranker_path,
+            "--reranker-max-length",
+            "128",
+            "--rerank-documents",
+            "string",
+        ],
+        tmp_path / "server.log",
+    )
+    try:
+        query, docs = "capital of China?", CORPUS[:6]
+        want = rr.rerank(query, docs, top_n=3)
+        raw = httpx.post(
+            f"{base}/rerank", json={"query": query, "documents": docs, "return_documents": True}
+        ).json()
+        assert [x["document"] for x in raw["results"]] == [
+            w.document for w in rr.rerank(query, docs)
+        ]
+        got = litellm.rerank(
+            model="infinity/qwen3", api_base=base, api_key="x", query=query, documents=docs, top_n=3
+        )
+        # LiteLLM (as Infinity's own client) drops an empty document from its result.
+        assert [
+            (r["index"], r["relevance_score"], r.get("document", {"text": ""})["text"])
+            for r in got.results
+        ] == [(w.index, w.score, w.document) for w in want]
+        assert any(r.get("document") for r in got.results)
+        # Cohere's paths keep Cohere's shape: its clients read {"text"}.
+        for path in ("/v1/rerank", "/v2/rerank"):
+            body = {"query": query, "documents": docs[:2], "return_documents": True}
+            answer = httpx.post(f"{base}{path}", json=body).json()
+            assert all(set(x["document"]) == {"text"} for x in answer["results"]), path
+    finally:
+        _stop(proc)
+
+
 @pytest.mark.timeout(120)
 def test_litellm_infinity_and_vllm_rerank_and_infinity_embedding(url, rr, emb, litellm):
     query, docs = "capital of China?", CORPUS[:6]
@@ -183,7 +227,8 @@ def test_litellm_infinity_and_vllm_rerank_and_infinity_embedding(url, rr, emb, l
     assert [(r["index"], r["relevance_score"]) for r in got.results] == want
     assert [r["document"]["text"] for r in got.results] == [docs[i] for i, _ in want]
     # Infinity answers documents as plain strings, vLLM as {text}, on the same path and body:
-    # /rerank answers vLLM's way, so LiteLLM's infinity/ reads it without the documents.
+    # /rerank answers vLLM's way by default, so LiteLLM's infinity/ reads it without the
+    # documents (with them: --rerank-documents string, the next test).
     got = litellm.rerank(
         model="infinity/qwen3",
         api_base=url,

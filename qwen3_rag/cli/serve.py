@@ -120,6 +120,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             cors_origins=tuple(args.cors_origin),
             served_model_name=args.served_model_name,
             reranker_served_model_name=args.reranker_served_model_name,
+            rerank_documents=args.rerank_documents,
         )
         failed: list[BaseException] = []
         server: Any = None
@@ -320,6 +321,14 @@ def register(sub: Any) -> None:
         "--reranker-served-model-name",
         default=None,
         help="the same for the reranker",
+    )
+    serve.add_argument(
+        "--rerank-documents",
+        choices=("object", "string"),
+        default="object",
+        help='how POST /rerank returns documents: {"text": ...} as vLLM, Cohere and Jina '
+        "(LiteLLM's hosted_vllm/), or plain strings as Infinity (LiteLLM's infinity/) "
+        "(default: object)",
     )
     serve.add_argument(
         "--cors-origin",

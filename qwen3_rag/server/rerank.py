@@ -2,7 +2,9 @@
 
 TEI posts ``{query, texts}`` and reads a list; Cohere, Jina, vLLM and Infinity post
 ``{query, documents}`` and read ``{results: [...]}``. ``/rerank`` and ``/v1/rerank`` take either
-and answer in the shape the body implies (errors too); ``/v2/rerank`` is Cohere's alone.
+and answer in the shape the body implies (errors too); ``/v2/rerank`` is Cohere's alone. vLLM
+and Infinity differ only in a returned document (``{"text"}`` or a string) on ``/rerank``:
+``ServerOptions.rerank_documents`` picks.
 """
 
 from __future__ import annotations
@@ -56,11 +58,13 @@ async def rerank_documents(request: Request, data: dict[str, Any], endpoint: str
         instruction=req.instruction,
         field="documents",
     )
+    # Infinity answers documents as strings; everyone else (and /v1, /v2) as {"text"}.
+    as_string = endpoint == "/rerank" and svc.options.rerank_documents == "string"
     results: list[dict[str, Any]] = []
     for r in ranked(out.scores, documents, req.top_n):
         item: dict[str, Any] = {"index": r.index, "relevance_score": r.score}
         if req.return_documents:
-            item["document"] = {"text": r.document}
+            item["document"] = r.document if as_string else {"text": r.document}
         results.append(item)
     return {
         "id": str(uuid.uuid4()),

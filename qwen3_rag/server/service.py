@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
@@ -59,6 +59,10 @@ class ServerOptions:
         served_model_name: The embedding model's name in answers; None: its hub id, or the
             folder's name for a local folder (never the path, unless given here).
         reranker_served_model_name: The same for the reranker.
+        rerank_documents: How ``/rerank`` returns a document with ``return_documents``:
+            ``"object"`` (``{"text": ...}``: vLLM's, Cohere's and Jina's shape) or
+            ``"string"`` (Infinity's). LiteLLM's ``hosted_vllm/`` and ``infinity/`` post the
+            same body to that path and each reads only its own server's shape.
     """
 
     api_key: str | None = None
@@ -73,6 +77,7 @@ class ServerOptions:
     cors_origins: tuple[str, ...] = ()
     served_model_name: str | None = None
     reranker_served_model_name: str | None = None
+    rerank_documents: Literal["object", "string"] = "object"
 
 
 @dataclass
