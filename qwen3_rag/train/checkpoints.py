@@ -4,6 +4,8 @@ A checkpoint, ``checkpoints/step-N/``, is a model folder with ``trainer_state/``
 weights, the optimizer and scheduler state, each process's generator state, the run's identity
 and its evaluations. It is written to a temporary folder, flushed and renamed, so a kill at any
 moment leaves the last complete one. The log holds one JSON object per step and per evaluation.
+A sharded run (``fsdp``) gathers its full weights and optimizer state into rank 0 first, so its
+checkpoints are the same plain folders (the optimizer state keyed by parameter name).
 """
 
 from __future__ import annotations
@@ -68,24 +70,37 @@ def save_checkpoint(
     final = root / f"step-{step:07d}"
     tmp = root / f".step-{step:07d}.tmp"
     state = tmp / STATE_DIR
-    if group.main:  # the processes hold the same weights and optimizer state
+    full: dict[str, torch.Tensor] | None = None
+    optim: dict[str, Any] = {}
+    if task.sharded:  # every process sends its slices; rank 0 gets the whole
+        from .sharding import full_state
+
+        full, optim = full_state(task.trainable, optimizer)
+    if group.main:  # unsharded, the processes hold the same weights and optimizer state
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
-        task.export(tmp)
+        task.export(tmp, full)
         state.mkdir()
-        weights = {
-            n: p.detach().contiguous().cpu()
-            for n, p in task.trainable.named_parameters()
-            if p.requires_grad
-        }
+        trained = [n for n, p in task.trainable.named_parameters() if p.requires_grad]
+        if full is not None:
+            weights = {n: full[n].contiguous() for n in trained}
+        else:
+            optim = optimizer.state_dict()
+            params = dict(task.trainable.named_parameters())
+            weights = {n: params[n].detach().contiguous().cpu() for n in trained}
         save_file(weights, str(state / "trainable.safetensors"))
         torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-            state / "optimizer.pt",
+            {"optimizer": optim, "scheduler": scheduler.state_dict()}, state / "optimizer.pt"
         )
         _write_json(
             state / "state.json",
-            {"version": _STATE_VERSION, "step": step, "world_size": group.world, **identity},
+            {
+                "version": _STATE_VERSION,
+                "step": step,
+                "world_size": group.world,
+                "sharded": task.sharded,
+                **identity,
+            },
         )
         _write_json(state / "evaluations.json", evaluations)
     group.barrier()
@@ -146,13 +161,24 @@ def restore_checkpoint(
             f"cannot resume from {path}: option(s) {', '.join(changed)} differ from that "
             f"run's ({was})"
         )
+    if bool(state.get("sharded", False)) != task.sharded:
+        # The two keep the optimizer state differently (by parameter name when sharded).
+        raise ValueError(
+            f"cannot resume from {path}: that run had fsdp={bool(state.get('sharded'))}, this "
+            f"one fsdp={task.sharded}; resume with the same --fsdp setting"
+        )
     weights = load_file(str(path / STATE_DIR / "trainable.safetensors"))
-    params = dict(task.trainable.named_parameters())
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value)
     saved = torch.load(path / STATE_DIR / "optimizer.pt", weights_only=True, map_location="cpu")
-    optimizer.load_state_dict(saved["optimizer"])
+    if task.sharded:
+        from .sharding import load_full_state
+
+        load_full_state(task.trainable, optimizer, weights, saved["optimizer"])
+    else:
+        params = dict(task.trainable.named_parameters())
+        with torch.no_grad():
+            for name, value in weights.items():
+                params[name].copy_(value)
+        optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     rng_path = path / STATE_DIR / _rng_file(group)
     # Version 1 checkpoints (one process) kept the generator state with the optimizer's.

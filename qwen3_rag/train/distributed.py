@@ -10,6 +10,8 @@ collects them without a graph and puts this process's own tensor back in its pla
 loss's gradient reaches this process's embeddings only; every process computes the same global
 loss, and the sum of the processes' parameter gradients (:meth:`Group.sum_gradients`) is the
 gradient one process would get on the whole batch: no term is counted twice, none is missed.
+With ``fsdp`` the model is sharded instead (:mod:`.sharding`): FSDP's reduce-scatter adds the
+gradients up in place of :meth:`Group.sum_gradients`.
 """
 
 from __future__ import annotations
@@ -107,6 +109,16 @@ class Group:
         t = torch.tensor([value], dtype=torch.float64, device=device)
         dist.all_reduce(t)
         return float(t)
+
+    def max(self, value: int, device: torch.device) -> int:
+        """The largest of the processes' ``value``."""
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t)
 
     def any(self, flag: bool, device: torch.device) -> bool:
         """True on every process when ``flag`` is True on at least one."""

@@ -9,19 +9,23 @@ Limited Setup") makes the batch of the loss independent of the batch a forward h
 is first embedded without a graph, chunk by chunk; the loss and its gradient with respect to the
 embeddings are computed on the whole batch; then each chunk is run again with a graph and its
 cached embedding gradient is back-propagated. Memory is that of one chunk; the parameter
-gradients are those of the whole batch (one extra forward is the price).
+gradients are those of the whole batch (one extra forward is the price). A sharded model
+(:class:`Lockstep`) makes every process run the same number of chunks.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from qwen3_rag.core.batching import plan_batches
 from qwen3_rag.core.packing import pack, packed_model_kwargs
 from qwen3_rag.core.pooling import last_token_pool
+
+from .distributed import Group
 
 Encoder = Callable[[list[list[int]]], torch.Tensor]
 
@@ -93,12 +97,44 @@ def _rng_state() -> tuple[torch.Tensor, torch.Tensor | None]:
     return torch.get_rng_state(), cuda
 
 
+@dataclass(frozen=True)
+class Lockstep:
+    """Sharded models (FSDP) gather weights in every forward and backward, all processes at once.
+
+    A process whose share of the batch needs fewer chunks than another's runs padding passes
+    (``filler``, a one-token row, its gradient zero) so that every process runs the same number
+    of forwards and backwards; the padding changes no gradient and draws no random number.
+
+    Attributes:
+        group: The run's processes.
+        device: This process's device (for the count's all-reduce).
+        filler: The token row of a padding pass.
+    """
+
+    group: Group
+    device: torch.device
+    filler: list[int]
+
+    def passes(self, chunks: int) -> int:
+        """How many chunks every process runs: the most any process has."""
+        return self.group.max(chunks, self.device)
+
+    def pad(self, encode: Encoder, *, backward: bool) -> torch.Tensor:
+        """One padding pass (a forward, and a zero backward when ``backward``)."""
+        with _replay_rng(_rng_state()), torch.set_grad_enabled(backward):
+            out = encode([list(self.filler)])
+            if backward:
+                out.backward(torch.zeros_like(out))
+        return out.detach()
+
+
 def cached_backward(
     encode: Encoder,
     rows: Sequence[Sequence[int]],
     loss_fn: Callable[[torch.Tensor], torch.Tensor],
     *,
     chunk_tokens: int,
+    lockstep: Lockstep | None = None,
 ) -> torch.Tensor:
     """Back-propagate ``loss_fn(encode(rows))`` into the parameters, one chunk in memory at once.
 
@@ -108,16 +144,22 @@ def cached_backward(
 
     Args:
         encode: Token rows to embeddings ``[rows, dim]`` (differentiable).
-        rows: Every input of the batch.
+        rows: Every input of the batch (this process's; none for a process without a share).
         loss_fn: Embeddings of all rows, in order, to a scalar loss.
         chunk_tokens: Most tokens per forward (a longer row gets a chunk of its own).
+        lockstep: For a sharded model: run as many chunks as the process with the most.
 
     Returns:
         The loss (detached).
     """
     lengths = [len(r) for r in rows]
-    chunks = plan_batches(lengths, chunk_tokens, max_rows=len(rows), packed=True)
-    if len(chunks) == 1:
+    chunks = plan_batches(lengths, chunk_tokens, max_rows=len(rows), packed=True) if rows else []
+    passes = len(chunks) if lockstep is None else lockstep.passes(len(chunks))
+    if not chunks:
+        if lockstep is None or passes == 0:
+            raise ValueError("cached_backward: no rows to embed (and no other process's to pad)")
+        return _padded_share(encode, loss_fn, lockstep, passes)
+    if passes == 1:
         loss = loss_fn(encode([list(r) for r in rows]))
         loss.backward()
         return loss.detach()
@@ -127,6 +169,9 @@ def cached_backward(
         for chunk in chunks:
             states.append(_rng_state())
             parts.append(encode([list(rows[i]) for i in chunk]))
+    for _ in range(passes - len(chunks)):
+        assert lockstep is not None
+        lockstep.pad(encode, backward=False)
     order = torch.tensor([i for chunk in chunks for i in chunk], device=parts[0].device)
     cached = torch.empty(
         (len(rows), parts[0].shape[1]), dtype=parts[0].dtype, device=parts[0].device
@@ -140,8 +185,35 @@ def cached_backward(
         with _replay_rng(state):
             out = encode([list(rows[i]) for i in chunk])
         out.backward(grad[torch.tensor(chunk, device=grad.device)])
+    for _ in range(passes - len(chunks)):
+        assert lockstep is not None
+        lockstep.pad(encode, backward=True)
     # The replayed draws leave the generator where one pass would have left it.
     torch.set_rng_state(after[0])
     if after[1] is not None:
         torch.cuda.set_rng_state(after[1])
+    return loss.detach()
+
+
+def _padded_share(
+    encode: Encoder,
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    lockstep: Lockstep,
+    passes: int,
+) -> torch.Tensor:
+    """A process without rows in lockstep: the others' collectives in their order, no gradient.
+
+    The others run one chunk as forward, the loss (its gather), backward; or ``passes`` forwards
+    without a graph, the loss, then ``passes`` forwards with a backward each.
+    """
+    if passes == 1:
+        with _replay_rng(_rng_state()):
+            out = encode([list(lockstep.filler)])
+        loss = loss_fn(out.detach()[:0])
+        out.backward(torch.zeros_like(out))
+        return loss.detach()
+    pads = [lockstep.pad(encode, backward=False) for _ in range(passes)]
+    loss = loss_fn(pads[0][:0])
+    for _ in range(passes):
+        lockstep.pad(encode, backward=True)
     return loss.detach()

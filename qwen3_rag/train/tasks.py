@@ -29,7 +29,7 @@ from qwen3_rag.core.pooling import truncate_and_normalize
 from qwen3_rag.core.spec import PAD_TOKEN, RERANK_NO, RERANK_YES
 
 from .distributed import SINGLE, Group
-from .forward import cached_backward, final_hidden
+from .forward import Lockstep, cached_backward, final_hidden
 from .model_files import _copy_model_files, write_sentence_transformers_files
 from .options import TrainingOptions
 
@@ -67,6 +67,8 @@ class _Task:
         self.hidden_size = 0
         self.model: Any  # the Hugging Face model (LoRA injected in place)
         self.trainable: Any  # what the optimizer and the checkpoints see
+        self.sharded = False  # the model's weights are split over the processes (fsdp)
+        self._auto_class: Any = None  # the transformers class the model loads with
 
     def tokenize(self, model_ref: str | os.PathLike[str], examples: Sequence[Any]) -> None:
         raise NotImplementedError
@@ -114,10 +116,15 @@ class _Task:
         return DEFAULT_CHUNK_TOKENS_CPU if self.device.type == "cpu" else DEFAULT_CHUNK_TOKENS_GPU
 
     def _load(self, auto_class: Any) -> torch.nn.Module:
+        # FSDP shards one dtype per unit: a bfloat16 base next to float32 adapters cannot be
+        # one, so a sharded LoRA base stays float32 (autocast still computes in bfloat16).
         load_dtype = _weights_dtype(
-            self.runtime.get("dtype", "auto"), self.device, lora=self.options.lora_rank > 0
+            self.runtime.get("dtype", "auto"),
+            self.device,
+            lora=self.options.lora_rank > 0 and not self.options.fsdp,
         )
         attn = register_packed_sdpa() if self.options.packing else "sdpa"
+        self._auto_class = auto_class
         model = auto_class.from_pretrained(
             self.model_dir, **from_pretrained_kwargs(load_dtype, attn)
         )
@@ -129,8 +136,6 @@ class _Task:
     def _prepare_trainable(self, model: Any) -> None:
         opts = self.options
         if opts.lora_rank > 0:
-            from peft import LoraConfig, get_peft_model
-
             missing = [
                 t
                 for t in opts.lora_targets
@@ -138,22 +143,7 @@ class _Task:
             ]
             if missing:
                 raise ValueError(f"lora_targets: the model has no module named {missing[0]!r}")
-            config = LoraConfig(
-                r=opts.lora_rank,
-                lora_alpha=opts.lora_alpha,
-                lora_dropout=opts.lora_dropout,
-                target_modules=list(opts.lora_targets),
-                bias="none",
-            )
-            with warnings.catch_warnings():
-                # peft reads transformers' deprecated `is_gradient_checkpointing`; the warning
-                # is about peft's code, not the user's, and says nothing they can act on.
-                warnings.filterwarnings(
-                    "ignore",
-                    message="`is_gradient_checkpointing` is deprecated",
-                    category=FutureWarning,
-                )
-                self.trainable = get_peft_model(model, config)  # injects the adapters in place
+            self.trainable = self._inject_lora(model)  # the adapters go in place
         else:
             model.requires_grad_(True)
             self.trainable = model
@@ -167,9 +157,63 @@ class _Task:
         model.train()
         self.model = model
 
-    def export(self, dest: Path) -> None:
-        """Write the current weights (adapters merged) as a plain model folder."""
-        if self.options.lora_rank > 0:
+    def _inject_lora(self, model: Any) -> Any:
+        """``model`` with the options' LoRA adapters injected in place, as a peft model."""
+        from peft import LoraConfig, get_peft_model
+
+        opts = self.options
+        config = LoraConfig(
+            r=opts.lora_rank,
+            lora_alpha=opts.lora_alpha,
+            lora_dropout=opts.lora_dropout,
+            target_modules=list(opts.lora_targets),
+            bias="none",
+        )
+        with warnings.catch_warnings():
+            # peft reads transformers' deprecated `is_gradient_checkpointing`; the warning
+            # is about peft's code, not the user's, and says nothing they can act on.
+            warnings.filterwarnings(
+                "ignore",
+                message="`is_gradient_checkpointing` is deprecated",
+                category=FutureWarning,
+            )
+            return get_peft_model(model, config)
+
+    def shard(self, group: Group) -> None:
+        """Split the model's weights over ``group``'s processes (FSDP2, see :mod:`.sharding`)."""
+        from .sharding import shard_model
+
+        shard_model(self.model, self.device, group.world)
+        self.sharded = True
+
+    def _unsharded(self, state: dict[str, torch.Tensor]) -> Any:
+        """A CPU copy of the trainable model holding ``state``, the full weights of a sharded one.
+
+        The base weights are read again from the model folder and then replaced: the sharded
+        model has no whole copy to start from.
+        """
+        from qwen3_rag.core.loading import transformers_load
+
+        with transformers_load(show_progress=False):
+            model = self._auto_class.from_pretrained(
+                self.model_dir, **from_pretrained_kwargs(torch.float32, "sdpa")
+            )
+        trainable = self._inject_lora(model) if self.options.lora_rank > 0 else model
+        trainable.load_state_dict(state, strict=True)
+        return trainable
+
+    def export(self, dest: Path, state: dict[str, torch.Tensor] | None = None) -> None:
+        """Write the current weights (adapters merged) as a plain model folder.
+
+        Args:
+            dest: The folder to write.
+            state: For a sharded model, its full weights (:func:`.sharding.full_state`) by the
+                names of ``trainable``'s parameters.
+        """
+        if state is not None:
+            unsharded = self._unsharded(state)
+            merged = unsharded.merge_and_unload() if self.options.lora_rank > 0 else unsharded
+        elif self.options.lora_rank > 0:
             merged = copy.deepcopy(self.trainable).merge_and_unload()
         elif _param_dtype(self.model) != self.save_dtype:
             merged = copy.deepcopy(self.model)
@@ -296,12 +340,15 @@ class _EmbeddingTask(_Task):
             )
 
         encode = self._encoder()
-        if rows:
+        if rows or self.sharded:
             loss = cached_backward(
                 lambda r: truncate_and_normalize(encode(r), None),
                 rows,
                 loss_fn,
                 chunk_tokens=self.chunk_tokens,
+                # Sharded weights are gathered in every forward and backward, by all processes
+                # together: they run the same number of chunks (padded with one-token rows).
+                lockstep=Lockstep(group, self.device, [self.pad_id]) if self.sharded else None,
             )
         else:  # a last batch smaller than the number of processes: nothing to embed here
             loss = loss_fn(torch.zeros((0, self.hidden_size), device=self.device)).detach()

@@ -24,7 +24,8 @@ giving the result an uninterrupted run gives.
 Launched as several processes (``torchrun``, see :mod:`.distributed`), the run is data parallel:
 ``batch_size`` is the global batch, each process embeds its share of it, and the loss, the
 false-negative mask and the update are those of one process holding the whole batch. Only the
-first process (rank 0) writes files and evaluates.
+first process (rank 0) writes files and evaluates. With ``fsdp`` the processes also split the
+weights, gradients and optimizer state (:mod:`.sharding`), with the same result.
 """
 
 from __future__ import annotations
@@ -161,6 +162,23 @@ def finetune_reranker(
 
 
 # -- the run --------------------------------------------------------------------------------
+def _check_fsdp(task: _Task, world: int) -> None:
+    """Refuse ``fsdp`` where it cannot shard: one process, or the reranker."""
+    if task.kind != "embedding":
+        # The reranker's loss reads the answer head's weight outside the model's forward
+        # (tied to the sharded embedding table in the 0.6B and 4B models), which FSDP does
+        # not gather there.
+        raise ValueError(
+            f"fsdp=True (--fsdp) shards the embedder only; the {task.kind} trains data "
+            "parallel without it (LoRA keeps its optimizer state small)"
+        )
+    if world < 2:
+        raise ValueError(
+            f"fsdp=True (--fsdp) shards the model over the processes of a torchrun launch; "
+            f"this run has {world} process (launch 'torchrun --nproc_per_node N ...', N >= 2)"
+        )
+
+
 class _Schedule:
     """Linear warm-up, then linear decay to zero (a picklable-free LambdaLR factor)."""
 
@@ -244,6 +262,8 @@ class _Run:
             raise ValueError(
                 "keep_best and merge_last choose the output two ways; pass one of them"
             )
+        if opts.fsdp:
+            _check_fsdp(self.task, group.world)
         existing = self._check_output()
         examples = self._examples()
         if not examples:
@@ -273,6 +293,8 @@ class _Run:
         gc.collect()  # the tokenizing runtime's weights go before the trainable ones load
         torch.manual_seed(opts.seed)  # the same LoRA initialisation in every process
         task.load()
+        if opts.fsdp:
+            task.shard(group)  # before the optimizer: it steps on this process's slices
         params = [p for p in task.trainable.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=opts.learning_rate, weight_decay=opts.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -330,7 +352,8 @@ class _Run:
                 t0 = time.perf_counter()
                 lr = scheduler.get_last_lr()[0]
                 loss, tokens = task.step(batch, random.Random(f"{opts.seed}:step:{step}"), group)
-                group.sum_gradients(params)
+                if not task.sharded:  # FSDP's reduce-scatter has added them up already
+                    group.sum_gradients(params)
                 if opts.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(params, opts.max_grad_norm)
                 optimizer.step()
@@ -348,6 +371,7 @@ class _Run:
                     "seconds": round(seconds, 3),
                     "world_size": group.world,
                     "batch_per_process": per_process,
+                    "fsdp": task.sharded,
                 }
                 if group.main:
                     _append_log(self.log_path, record)
