@@ -60,8 +60,10 @@ class RuntimeConfig:
     max_length: int = _option(
         8192, "tokens per input, template and final token included", persist=True
     )
-    revision: str | None = _option(None, "hub revision to pin (a commit hash in production)")
-    cache_dir: str | None = _option(None, "Hugging Face cache folder")
+    revision: str | None = _option(
+        None, "hub revision to pin (a commit hash in production); None: the latest"
+    )
+    cache_dir: str | None = _option(None, "Hugging Face cache folder; None: the default one")
     local_files_only: bool = _option(False, "never use the network")
     attn_implementation: str | None = _option(
         None, '"sdpa", "eager" or "flash_attention_2"; None: FA2 on CUDA when installed, else SDPA'

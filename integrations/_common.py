@@ -314,10 +314,11 @@ def options_model(
         )
     }
     for f in fields(config_cls):
-        default = f.default
+        # A config default of None is explained by the help itself ("None: ...").
+        suffix = "" if f.default is None else f" (None: {f.default!r})"
         definitions[f.name] = (
             hints[f.name] | None,
-            Field(default=None, description=f"{f.metadata['help']} (None: {default!r})"),
+            Field(default=None, description=f"{f.metadata['help']}{suffix}"),
         )
     # Serialized adapters name what decides the output as in effect, also when ``model`` is a
     # built core object whose options are not fields here (caches key on this).

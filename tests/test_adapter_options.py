@@ -74,6 +74,9 @@ def test_every_config_field_is_a_documented_adapter_field(cls):
         field = cls.model_fields[f.name]
         assert field.default is None
         assert field.description.startswith(f.metadata["help"])
+        # None stands for the config's default: named where it is a value, never "None: None".
+        said = "" if f.default is None else f" (None: {f.default!r})"
+        assert field.description == f.metadata["help"] + said, f.name
     assert {f.name for f in dataclasses.fields(_config_class(cls))} <= set(SAMPLES)
 
 
