@@ -267,7 +267,12 @@ def open_collection(
         ValueError: If the collection uses another embedding function, or its stored config is
             damaged (not a dict).
         chromadb.errors.NotFoundError: If it does not exist and ``create`` is False.
+        RemoteError: If the function's model is a server that cannot tell its output size.
     """
+    # Asked first, where its error reaches the caller: Chroma catches an error of get_config
+    # and records the collection with a "legacy" config, silently (a RemoteEmbedder whose
+    # server is down, asked for its width).
+    wanted = embedding_function.get_config()
     try:
         collection = client.get_collection(name, embedding_function=embedding_function)
     except NotFoundError:
@@ -294,7 +299,7 @@ def open_collection(
             f"collection {name!r} has a damaged {EF_NAME} config (a "
             f"{type(config).__name__}, not a dict); recreate the collection"
         )
-    check_stored_config(config, embedding_function.get_config(), name)
+    check_stored_config(config, wanted, name)
     return collection
 
 

@@ -339,6 +339,22 @@ def test_an_unreachable_server_is_named():
     assert time.monotonic() - started < 30
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_open_collection_with_an_unreachable_server_fails_and_records_nothing(tmp_path):
+    """Chroma swallows get_config's error into a "legacy" config; open_collection does not."""
+    import chromadb
+
+    from qwen3_rag.integrations.chroma import Qwen3EmbeddingFunction, open_collection
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    function = Qwen3EmbeddingFunction(RemoteEmbedder(url, max_retries=0))
+    client = chromadb.PersistentClient(str(tmp_path / "db"))
+    with pytest.raises(RemoteError, match="cannot reach"):
+        open_collection(client, "docs", function)
+    assert [c.name for c in client.list_collections()] == []
+
+
 # -- retries, Retry-After, timeouts, wire format: a real busy HTTP server -----------------------
 @pytest.mark.slow
 @pytest.mark.timeout(60)
