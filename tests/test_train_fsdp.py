@@ -7,7 +7,8 @@ per instance), shared positives, ``--margin 0``, and a step of one instance, whe
 process has no rows and only pads the first one's forwards and backwards. Gradient caching in
 chunks of 150 tokens gives the processes 8 and 9 chunks in the full steps and 2 and 0 in the
 one-instance step, so both kinds of padding pass run; the resume test's 256 gives 4 and 5, and
-1 and 0 (the single-chunk path).
+1 and 0 (the single-chunk path). The reranker's pairs (~130 tokens) in chunks of 300 tokens
+give 8 and 9 chunks, and 2 and 0: its short share pads with one-token passes too.
 """
 
 from __future__ import annotations
@@ -30,9 +31,14 @@ pairs_file = test_train_distributed.pairs_file  # the same data (a module fixtur
 
 
 def _sharded_torchrun(
-    data: Path, model: str, out: Path, options: dict, extra: tuple[str, ...] = ()
+    data: Path,
+    model: str,
+    out: Path,
+    options: dict,
+    extra: tuple[str, ...] = (),
+    kind: str = "embedder",
 ) -> None:
-    cmd = [*_torchrun_cmd("embedder", data, model, out, options), "--fsdp", *extra]
+    cmd = [*_torchrun_cmd(kind, data, model, out, options), "--fsdp", *extra]
     proc = subprocess.run(cmd, capture_output=True, env=ENV, timeout=200)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     lines = proc.stdout.decode().splitlines()
@@ -136,8 +142,45 @@ def test_fsdp_needs_several_processes(tmp_path: Path, pairs_file: Path, embed_eo
     assert not (tmp_path / "o").exists()
 
 
-def test_fsdp_refuses_the_reranker(tmp_path: Path, pairs_file: Path, reranker_path: str):
-    with pytest.raises(ValueError, match=r"fsdp=True \(--fsdp\) shards the embedder only"):
-        finetune_reranker(
-            pairs_file, model=reranker_path, output=tmp_path / "o", fsdp=True, max_steps=1
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    ("lora_rank", "reranker"),
+    [(0, "reranker_path"), (4, "reranker_path"), (0, "reranker_untied_path")],
+    ids=["full-tied", "lora-tied", "full-untied"],
+)
+def test_sharded_processes_train_the_reranker_as_one_process_with_their_global_batch(
+    tmp_path: Path, pairs_file: Path, request: pytest.FixtureRequest, lora_rank: int, reranker: str
+):
+    # The answer head is read inside the root unit's forward: tied to the sharded embedding
+    # table (trained through both uses) or a weight of its own.
+    model = request.getfixturevalue(reranker)
+    options = {
+        **FLAGS,
+        "lora_rank": lora_rank,
+        "learning_rate": 1e-3,
+        "max_length": 160,
+        # Pairs of ~130 tokens: the processes run 8 and 9 chunks in the full steps, 2 and 0
+        # in the one-instance step, so the short share pads in both.
+        "chunk_tokens": 300,
+    }
+    finetune_reranker(
+        pairs_file, model=model, output=tmp_path / "one", show_progress=False, **options
+    )
+    _sharded_torchrun(pairs_file, model, tmp_path / "two", options, kind="reranker")
+    assert {r["fsdp"] for r in _log(tmp_path / "two")} == {True}
+    _same_run(tmp_path / "one", tmp_path / "two", model)
+    # The output is the base model's layout: a tied head is saved once, as the embeddings.
+    a = load_file(str(tmp_path / "two" / "model.safetensors"))
+    base = load_file(str(Path(model) / "model.safetensors"))
+    assert a.keys() == base.keys()
+    # The resumable state is gathered whole, under the unsharded parameter names.
+    saved = [
+        load_file(
+            str(d / "checkpoints" / "step-0000003" / "trainer_state" / "trainable.safetensors")
         )
+        for d in (tmp_path / "one", tmp_path / "two")
+    ]
+    assert saved[0].keys() == saved[1].keys()
+    # Measured: 5e-7 (full, tied), 3e-8 (LoRA), 1.4e-6 (full, untied) for updates of ~2e-3.
+    assert max(float((saved[0][n] - saved[1][n]).abs().max()) for n in saved[0]) < 1e-5

@@ -18,14 +18,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from qwen3_rag.core.batching import plan_batches
+from qwen3_rag.core.compat import causal_lm_backbone
 from qwen3_rag.core.packing import pack, packed_model_kwargs
 from qwen3_rag.core.pooling import last_token_pool
 
 from .distributed import Group
+from .loss import reranker_loss
 
 Encoder = Callable[[list[list[int]]], torch.Tensor]
 
@@ -74,6 +77,52 @@ def final_hidden(
         ids, mask = ids.to(device), mask.to(device)
         out = model(input_ids=ids, attention_mask=mask, use_cache=False)
         return _at_least_float32(last_token_pool(out.last_hidden_state, mask))
+
+
+class AnswerLoss(torch.nn.Module):
+    """The reranker's loss on a chunk of pairs, as one module forward: decoder, then answer head.
+
+    The answer head's weight (``lm_head``, tied to the token embeddings in the 0.6B and 4B
+    models) is read inside this forward, so a sharded model whose root FSDP unit is this module
+    (:func:`.sharding.shard_model`) has it gathered there, and its gradient reduce-scattered
+    after the backward; outside a forward it is only this process's slice. Unsharded, it is the
+    backbone's :func:`final_hidden` then :func:`.loss.reranker_loss`, nothing more.
+
+    Args:
+        model: The ``Qwen3ForCausalLM`` (LoRA injected in place or not).
+        packed: Pack each chunk into one row (see :func:`final_hidden`).
+        pad_id: Padding id of a padded chunk.
+        autocast: The forward's autocast dtype (bfloat16 on GPUs), or None.
+        yes_id: Token id of the "yes" answer.
+        no_id: Token id of the "no" answer.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        packed: bool,
+        pad_id: int,
+        autocast: torch.dtype | None,
+        yes_id: int,
+        no_id: int,
+    ) -> None:
+        super().__init__()
+        self.model: Any = model  # transformers' model: get_output_embeddings() is untyped
+        self.packed, self.pad_id, self.autocast = packed, pad_id, autocast
+        self.yes_id, self.no_id = yes_id, no_id
+
+    def forward(self, rows: list[list[int]], labels: list[bool]) -> torch.Tensor:
+        """Mean ``-log p(label)`` over the pairs ``rows`` (True: "yes"), a float32 scalar."""
+        hidden = final_hidden(
+            causal_lm_backbone(self.model),
+            rows,
+            packed=self.packed,
+            pad_id=self.pad_id,
+            autocast=self.autocast,
+        )
+        head = self.model.get_output_embeddings().weight
+        return reranker_loss(hidden, head, labels, yes_id=self.yes_id, no_id=self.no_id)
 
 
 def _at_least_float32(x: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,9 @@
 
 Plain data parallel (:mod:`.distributed`) keeps the whole model, its gradients and AdamW's two
 moments in every process; for 4B and 8B full fine-tuning that is more than one device holds.
-With ``fsdp`` each decoder layer and the model itself become FSDP2 units
-(:func:`torch.distributed.fsdp.fully_shard`): every process keeps a 1/N slice of each weight,
+With ``fsdp`` each decoder layer and the module the step calls (the embedder's model, or the
+reranker's :class:`~.forward.AnswerLoss`, whose forward also reads the answer head) become FSDP2
+units (:func:`torch.distributed.fsdp.fully_shard`): every process keeps a 1/N slice of each weight,
 gathers a layer's full weights for its forward and backward only, and receives its slice of the
 gradient by reduce-scatter, so the optimizer steps on slices.
 
@@ -27,29 +28,36 @@ import torch
 logger = logging.getLogger(__name__)
 
 
-def shard_model(model: torch.nn.Module, device: torch.device, world: int) -> None:
-    """Make each decoder layer and ``model`` FSDP2 units over ``world`` processes, in place.
+def shard_model(root: torch.nn.Module, layers: Any, device: torch.device, world: int) -> None:
+    """Make each decoder layer and ``root`` FSDP2 units over ``world`` processes, in place.
+
+    The root unit holds the rest (the token embeddings, the final norm and, for the reranker,
+    the answer head, tied to the embeddings or not); its weights are whole only during the
+    root's forward and backward, so whatever reads them must run inside ``root``'s forward.
 
     Args:
-        model: A ``Qwen3Model`` (LoRA injected or not), already on ``device``; its ``layers``
-            are the decoder layers.
+        root: The module whose forward the training step calls, already on ``device``: the
+            embedder's ``Qwen3Model`` (LoRA injected or not), or the reranker's
+            :class:`~.forward.AnswerLoss` around its ``Qwen3ForCausalLM``.
+        layers: The decoder layers (a ``torch.nn.ModuleList`` inside ``root``).
         device: This process's device (its type picks the mesh: gloo for CPU, NCCL for CUDA).
         world: How many processes share the weights.
 
     Raises:
-        ValueError: ``model`` has no ``layers`` list to shard.
+        ValueError: ``layers`` is not a non-empty list of modules.
     """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
-    layers = getattr(model, "layers", None)
     if not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
-        raise ValueError(f"fsdp: {type(model).__name__} has no decoder layers ('layers') to shard")
+        raise ValueError(
+            f"fsdp: {type(root).__name__} has no decoder layers to shard (got {layers!r})"
+        )
     mesh = init_device_mesh(device.type, (world,))
     for layer in layers:
         fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)  # the rest: embeddings and the final norm
-    for unit in model.modules():
+    fully_shard(root, mesh=mesh)  # the rest: embeddings, the final norm, the answer head
+    for unit in root.modules():
         if isinstance(unit, FSDPModule):
             unit.set_gradient_divide_factor(1.0)
             unit.set_force_sum_reduction_for_comms(True)

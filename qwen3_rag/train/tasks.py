@@ -29,7 +29,7 @@ from qwen3_rag.core.pooling import truncate_and_normalize
 from qwen3_rag.core.spec import PAD_TOKEN, RERANK_NO, RERANK_YES
 
 from .distributed import SINGLE, Group
-from .forward import Lockstep, cached_backward, final_hidden
+from .forward import AnswerLoss, Lockstep, cached_backward, final_hidden
 from .model_files import _copy_model_files, write_sentence_transformers_files
 from .options import TrainingOptions
 
@@ -183,8 +183,20 @@ class _Task:
         """Split the model's weights over ``group``'s processes (FSDP2, see :mod:`.sharding`)."""
         from .sharding import shard_model
 
-        shard_model(self.model, self.device, group.world)
+        shard_model(
+            self._root(), getattr(self._backbone(), "layers", None), self.device, group.world
+        )
         self.sharded = True
+
+    def _root(self) -> torch.nn.Module:
+        """The module whose forward the step calls (the root FSDP unit when sharded)."""
+        root: torch.nn.Module = self.model
+        return root
+
+    def _backbone(self) -> torch.nn.Module:
+        """The decoder (``Qwen3Model``) that holds the layers."""
+        backbone: torch.nn.Module = self.model
+        return backbone
 
     def _unsharded(self, state: dict[str, torch.Tensor]) -> Any:
         """A CPU copy of the trainable model holding ``state``, the full weights of a sharded one.
@@ -231,8 +243,7 @@ class _Task:
         """Kind-specific files (sentence-transformers' configuration for the embedder)."""
 
     def _encoder(self) -> Callable[[list[list[int]]], torch.Tensor]:
-        model = self.model
-        backbone = model if self.kind == "embedding" else causal_lm_backbone(model)
+        backbone = self._backbone()
 
         def encode(rows: list[list[int]]) -> torch.Tensor:
             return final_hidden(
@@ -393,12 +404,26 @@ class _RerankerTask(_Task):
         from transformers import AutoModelForCausalLM
 
         self._prepare_trainable(self._load(AutoModelForCausalLM))
+        # The head is read inside this module's forward: sharded, it is the root FSDP unit,
+        # so the head (tied to the sharded embedding table or not) is whole where it is used.
+        self.scorer = AnswerLoss(
+            self.model,
+            packed=self.options.packing,
+            pad_id=self.pad_id,
+            autocast=self.autocast,
+            yes_id=self.yes_id,
+            no_id=self.no_id,
+        )
+
+    def _root(self) -> torch.nn.Module:
+        return self.scorer
+
+    def _backbone(self) -> torch.nn.Module:
+        return causal_lm_backbone(self.model)
 
     def step(
         self, batch: list[_Instance], rng: random.Random, group: Group = SINGLE
     ) -> tuple[float, int]:
-        from .loss import reranker_loss
-
         pairs: list[tuple[int, int, bool]] = []  # (instance, table row, relevant)
         for i, inst in enumerate(batch):
             pairs.append((i, rng.choice(inst.pos), True))
@@ -406,17 +431,21 @@ class _RerankerTask(_Task):
         mine = set(group.split(len(batch))[group.rank])
         rows = [self.table[row] for i, row, _ in pairs if i in mine]
         labels = [relevant for i, _, relevant in pairs if i in mine]
-        encode = self._encoder()
-        head = self.model.get_output_embeddings().weight
+        chunks = plan_batches([len(r) for r in rows], self.chunk_tokens, len(rows), True)
+        # Sharded weights are gathered in every forward and backward, by all processes
+        # together: a process with fewer chunks (or none) pads with one-token passes, after
+        # its own (the count is agreed on first: the others' gathers must not interleave it).
+        lockstep = Lockstep(group, self.device, [self.pad_id]) if self.sharded else None
+        passes = len(chunks) if lockstep is None else lockstep.passes(len(chunks))
         total = 0.0
         # Pointwise: each chunk's share of the global batch mean is back-propagated on its own.
-        for chunk in plan_batches([len(r) for r in rows], self.chunk_tokens, len(rows), True):
-            hidden = encode([rows[i] for i in chunk])
-            loss = reranker_loss(
-                hidden, head, [labels[i] for i in chunk], yes_id=self.yes_id, no_id=self.no_id
-            )
+        for chunk in chunks:
+            loss = self.scorer([rows[i] for i in chunk], [labels[i] for i in chunk])
             (loss * len(chunk) / len(pairs)).backward()
             total += float(loss.detach()) * len(chunk) / len(pairs)
+        if lockstep is not None:
+            for _ in range(passes - len(chunks)):
+                lockstep.pad(lambda r: self.scorer(r, [False] * len(r)), backward=True)
         return group.sum(total, self.device), sum(len(self.table[row]) for _, row, _ in pairs)
 
 

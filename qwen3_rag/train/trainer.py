@@ -162,16 +162,8 @@ def finetune_reranker(
 
 
 # -- the run --------------------------------------------------------------------------------
-def _check_fsdp(task: _Task, world: int) -> None:
-    """Refuse ``fsdp`` where it cannot shard: one process, or the reranker."""
-    if task.kind != "embedding":
-        # The reranker's loss reads the answer head's weight outside the model's forward
-        # (tied to the sharded embedding table in the 0.6B and 4B models), which FSDP does
-        # not gather there.
-        raise ValueError(
-            f"fsdp=True (--fsdp) shards the embedder only; the {task.kind} trains data "
-            "parallel without it (LoRA keeps its optimizer state small)"
-        )
+def _check_fsdp(world: int) -> None:
+    """Refuse ``fsdp`` where there is nothing to shard over: one process."""
     if world < 2:
         raise ValueError(
             f"fsdp=True (--fsdp) shards the model over the processes of a torchrun launch; "
@@ -263,7 +255,7 @@ class _Run:
                 "keep_best and merge_last choose the output two ways; pass one of them"
             )
         if opts.fsdp:
-            _check_fsdp(self.task, group.world)
+            _check_fsdp(group.world)
         existing = self._check_output()
         examples = self._examples()
         if not examples:
