@@ -87,8 +87,8 @@ def register(sub: Any) -> None:
             "gets the model (LoRA merged), checkpoints/ and train_log.jsonl. Data parallel: "
             "'torchrun --nproc_per_node N -m qwen3_rag finetune ...' (NCCL on GPUs, gloo on "
             "CPUs); --batch-size is then the global batch, split across the N processes, and "
-            "the run equals one process's with that batch; --fsdp also shards the embedder's "
-            "weights and optimizer state across them.",
+            "the run equals one process's with that batch; --fsdp also shards the model's "
+            "weights, gradients and optimizer state across them.",
         )
         p.add_argument(
             "data",

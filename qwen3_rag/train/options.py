@@ -74,8 +74,8 @@ class TrainingOptions:
     fsdp: bool = _option(
         False,
         "shard the weights, gradients and optimizer state over the torchrun processes (FSDP2) "
-        "instead of each holding the whole model: same result, less memory per device; the "
-        "embedder only, at least 2 processes",
+        "instead of each holding the whole model: same result, less memory per device; at "
+        "least 2 processes",
     )
     save_steps: int | None = _option(
         None, "checkpoint (and evaluate) every N steps; None: only at the end"
